@@ -15,11 +15,11 @@ import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
 
-ActFn = Literal["gelu_new", "gelu", "gelu_fast", "relu", "silu", "solu"]
+ActFn = Literal["gelu_new", "gelu", "gelu_fast", "relu", "silu"]
 Norm = Literal["LN", "RMS", None]
 PosEmbed = Literal["standard", "rotary", "none"]
 
-_ACTS = ("gelu_new", "gelu", "gelu_fast", "relu", "silu", "solu")
+_ACTS = ("gelu_new", "gelu", "gelu_fast", "relu", "silu")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,266 @@
+"""Hook points: named tags on values, and the machinery that lets transforms see them.
+
+Model code marks a value with ``x = hook("hook_resid_pre", x)``. Outside any transform
+that is the identity and costs nothing. A transform (``run_with_cache``,
+``run_with_hooks``) installs a *handler* for the duration of one call of the model; the
+handler sees every tagged value while the model is traced, and may record it or return a
+replacement. Because this happens at trace time, handlers compose with ``jit``, ``vmap``,
+``grad`` and sharding as long as the transform sits *outside* them, the usual rule for
+JAX transforms.
+
+Layers run under ``lax.scan``. Inside :func:`scan_layers` the layer index is a tracer, so
+a hook's full name (``blocks.{l}.hook_resid_pre``) is known only up to ``l``: handlers
+receive a :class:`Site` with the template and the traced index. Captured values leave
+the scan as stacked outputs and are presented under per-layer names; interventions apply
+with ``jnp.where(l == layer, new, old)``, so a traced ``layer`` can be ``vmap``ped.
+
+The bookkeeping is a thread-local stack of frames that lives only while a transform
+traces the model; nothing global persists between calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.errors import JaxinterpError
+
+try:  # The trace in effect now, to catch hooks reached inside a nested jit/vmap/scan.
+    from jax._src.core import trace_ctx as _trace_ctx
+
+    def _current_trace() -> Any:
+        return _trace_ctx.trace
+
+except ImportError:  # pragma: no cover - older or newer JAX without it: skip the check.
+
+    def _current_trace() -> Any:
+        return None
+
+
+class NestedTraceError(JaxinterpError, RuntimeError):
+    """A hook was reached inside a JAX transform started inside a jaxinterp transform."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """Where a hook fired: its name, and for stacked layers the (maybe traced) index.
+
+    ``prefix`` and ``layer`` are set inside :func:`layer_scope` / :func:`scan_layers`;
+    then the full name is ``f"{prefix}.{layer}.{suffix}"``. ``n_layers`` bounds ``layer``.
+    """
+
+    suffix: str
+    prefix: str | None = None
+    layer: Any = None  # int, traced int32 scalar, or None
+    n_layers: int | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.prefix is not None and not isinstance(self.layer, int)
+
+    def name(self, layer: int | None = None) -> str:
+        if self.prefix is None:
+            return self.suffix
+        idx = self.layer if layer is None else layer
+        return f"{self.prefix}.{idx}.{self.suffix}"
+
+    def names(self) -> list[str]:
+        """Every concrete name this site can take."""
+        if not self.dynamic:
+            return [self.name()]
+        return [self.name(i) for i in range(self.n_layers)]
+
+
+class Handler:
+    """A transform's view of the hooks. Subclasses override :meth:`wants` and :meth:`handle`."""
+
+    def wants(self, name: str) -> bool:
+        return False
+
+    def handle(self, site: Site, x: jax.Array, frames_above: list[_ScanFrame]) -> jax.Array:
+        return x
+
+    def receive(self, name: str, value: jax.Array) -> None:
+        """Receives a value captured inside a scan, once the scan has finished."""
+
+
+@dataclasses.dataclass
+class _Entry:
+    handler: Handler | None
+    scan: _ScanFrame | None
+    trace: Any
+
+
+@dataclasses.dataclass
+class _ScanFrame:
+    """Collects values that outer handlers want from inside one scanned layer body."""
+
+    prefix: str
+    n_layers: int
+    emitted: dict[tuple[int, str], jax.Array] = dataclasses.field(default_factory=dict)
+    receivers: dict[tuple[int, str], tuple[Handler, list[int], Site]] = dataclasses.field(
+        default_factory=dict
+    )
+
+    def emit(self, handler: Handler, site: Site, layers: list[int], x: jax.Array) -> None:
+        key = (id(handler), site.suffix)
+        self.emitted[key] = x
+        self.receivers[key] = (handler, layers, site)
+
+
+class _State(threading.local):
+    def __init__(self):
+        self.stack: list[_Entry] = []
+        self.scope: list[tuple[str, Any, int | None]] = []  # (prefix, layer, n_layers)
+
+
+_state = _State()
+
+
+def _check_trace(entry: _Entry, name: str) -> None:
+    now = _current_trace()
+    if entry.trace is not None and now is not None and now is not entry.trace:
+        raise NestedTraceError(
+            f"Hook {name!r} was reached inside a JAX transform (jit, vmap, scan, grad...) that "
+            "started inside a jaxinterp transform, so its value cannot leave that inner trace. "
+            "Put the jaxinterp transform inside the inner transform instead (for a per-example "
+            "model: jax.vmap(lambda x: ji.run_with_cache(model, x, names=...))), use "
+            "ji.scan_layers for scanned layers, or remove an inner jax.jit around the model."
+        )
+
+
+def current_site(suffix: str) -> Site:
+    if not _state.scope:
+        return Site(suffix)
+    prefix, layer, n = _state.scope[-1]
+    if len(_state.scope) > 1:
+        outer = ".".join(f"{p}.{i}" for p, i, _ in _state.scope[:-1])
+        prefix = f"{outer}.{prefix}"
+    return Site(suffix, prefix, layer, n)
+
+
+def hook(name: str, x: jax.Array) -> jax.Array:
+    """Tags ``x`` as the hook point ``name``; returns ``x`` or a transform's replacement.
+
+    Use it anywhere in JAX code (Flax, Equinox, plain functions). Without an active
+    jaxinterp transform it returns ``x`` unchanged at no cost.
+    """
+    stack = _state.stack
+    if not stack:
+        return x
+    site = current_site(name)
+    _check_trace(stack[-1], site.name() if not site.dynamic else site.name("{l}"))
+    # Innermost handler first, so an outer capture sees what inner interventions made.
+    for depth in range(len(stack) - 1, -1, -1):
+        entry = stack[depth]
+        if entry.handler is None:
+            continue
+        above = [e.scan for e in stack[depth + 1 :] if e.scan is not None]
+        x = entry.handler.handle(site, x, above)
+    return x
+
+
+def is_hooked(name: str) -> bool:
+    """Whether any active transform wants the hook ``name`` here.
+
+    Lets model code skip computing optional activations nobody asked for
+    (``attn.hook_result`` is ``n_heads`` times the size of ``hook_attn_out``).
+    """
+    if not _state.stack:
+        return False
+    site = current_site(name)
+    names = site.names()
+    return any(
+        e.handler is not None and any(e.handler.wants(n) for n in names) for e in _state.stack
+    )
+
+
+@contextlib.contextmanager
+def handler_scope(handler: Handler) -> Iterator[Handler]:
+    """Installs ``handler`` for the hooks reached inside the ``with`` block."""
+    _state.stack.append(_Entry(handler, None, _current_trace()))
+    try:
+        yield handler
+    finally:
+        _state.stack.pop()
+
+
+@contextlib.contextmanager
+def layer_scope(prefix: str, layer: Any, n_layers: int | None = None) -> Iterator[None]:
+    """Names hooks inside the block ``{prefix}.{layer}.{name}``; ``layer`` may be traced."""
+    if not isinstance(layer, int) and n_layers is None:
+        raise JaxinterpError("layer_scope with a traced layer index needs n_layers")
+    _state.scope.append((prefix, layer, n_layers))
+    try:
+        yield
+    finally:
+        _state.scope.pop()
+
+
+@contextlib.contextmanager
+def _scan_frame(prefix: str, n_layers: int) -> Iterator[_ScanFrame]:
+    frame = _ScanFrame(prefix, n_layers)
+    _state.stack.append(_Entry(None, frame, _current_trace()))
+    try:
+        yield frame
+    finally:
+        _state.stack.pop()
+
+
+def scan_layers(
+    block: Callable[[Any, Any], Any],
+    carry: Any,
+    layer_params: Any,
+    *,
+    n_layers: int,
+    prefix: str = "blocks",
+    remat: bool = False,
+    extra: Any = None,
+    unroll: int = 1,
+) -> tuple[Any, Any]:
+    """Runs ``carry = block(carry, params_l)`` for each layer under ``lax.scan``, hooks included.
+
+    Args:
+      block: ``block(carry, params_l)`` or, with ``extra``, ``block(carry, (params_l, extra_l))``;
+        returns the new carry, or ``(carry, y)`` when ``extra`` is given.
+      carry: the value threaded through the layers (e.g. the residual stream).
+      layer_params: a pytree whose leaves have a leading ``n_layers`` axis.
+      n_layers: number of layers (the scan length).
+      prefix: hook names inside read ``{prefix}.{l}.{name}``.
+      remat: rematerialise each layer in the backward pass (``jax.checkpoint``).
+      extra: optional per-layer scanned inputs (leading axis ``n_layers``); when given the
+        per-layer outputs ``y`` of ``block`` are stacked and returned.
+
+    Returns:
+      ``(carry, ys)``, with ``ys`` the stacked per-layer outputs (``None`` without ``extra``).
+    """
+    if any(not isinstance(layer, int) for _, layer, _ in _state.scope):
+        raise JaxinterpError("scan_layers cannot nest inside another scanned layer scope")
+    if n_layers == 0:
+        return carry, None
+    with_extra = extra is not None
+    # Which handler gets which emitted value: plain Python, filled in while tracing the body.
+    receivers: dict[tuple[int, str], tuple[Handler, list[int], Site]] = {}
+
+    def body(c, xs):
+        index, params = xs[0], xs[1]
+        with _scan_frame(prefix, n_layers) as frame, layer_scope(prefix, index, n_layers):
+            out = block(c, (params, xs[2]) if with_extra else params)
+        c, y = out if with_extra else (out, None)
+        receivers.update(frame.receivers)
+        return c, (y, frame.emitted)
+
+    fn = jax.checkpoint(body) if remat else body
+    xs = (jnp.arange(n_layers, dtype=jnp.int32), layer_params) + ((extra,) if with_extra else ())
+    carry, (ys, emitted) = jax.lax.scan(fn, carry, xs, unroll=unroll)
+    for key, stacked in emitted.items():
+        handler, layers, site = receivers[key]
+        for i in layers:
+            handler.receive(site.name(i), stacked[i])
+    return carry, ys

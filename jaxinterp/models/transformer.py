@@ -1,0 +1,244 @@
+"""A pure functional decoder-only transformer with TransformerLens hook points.
+
+``HookedTransformer`` is an Equinox module: a pytree of arrays plus a static config.
+Per-layer weights are stacked on a leading ``n_layers`` axis (``model.blocks.attn.W_Q``
+has shape ``[n_layers, n_heads, d_model, d_head]``) and the blocks run under
+``lax.scan``, so compile time does not grow with depth. The forward pass is
+
+    x = W_E[tokens] (+ W_pos[positions])        hook_embed, hook_pos_embed
+    for each layer: x = block(x)                 blocks.{l}.hook_resid_pre ... resid_post
+    logits = ln_final(x) @ W_U + b_U
+
+Hook names and weight names follow TransformerLens; ``model.hook_names()`` lists them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from jaxinterp.errors import ShapeError, TokenError
+from jaxinterp.hooks import hook, scan_layers
+from jaxinterp.models import components as C
+from jaxinterp.models.config import TransformerConfig
+
+
+class HookedTransformer(eqx.Module):
+    """Decoder-only transformer; call it on ``tokens [batch, pos]`` to get logits."""
+
+    cfg: TransformerConfig = eqx.field(static=True)
+    W_E: Float[Array, "v d"]
+    blocks: C.BlockParams
+    W_pos: Float[Array, "n_ctx d"] | None = None
+    ln_final: C.NormParams | None = None
+    W_U: Float[Array, "d v"] | None = None  # None when tied to W_E
+    b_U: Float[Array, " v"] | None = None
+
+    # TransformerLens-style accessors over the stacked weights -----------------------
+    @property
+    def W_Q(self):
+        return self.blocks.attn.W_Q
+
+    @property
+    def W_K(self):
+        return self.blocks.attn.W_K
+
+    @property
+    def W_V(self):
+        return self.blocks.attn.W_V
+
+    @property
+    def W_O(self):
+        return self.blocks.attn.W_O
+
+    @property
+    def W_in(self):
+        return self.blocks.mlp.W_in
+
+    @property
+    def W_out(self):
+        return self.blocks.mlp.W_out
+
+    @property
+    def unembed_matrix(self) -> Float[Array, "d v"]:
+        return self.W_E.T if self.W_U is None else self.W_U
+
+    def hook_names(self) -> list[str]:
+        return hook_names_for(self.cfg)
+
+    def __call__(
+        self,
+        tokens: Int[Array, "batch pos"],
+        attention_mask: Int[Array, "batch pos"] | None = None,
+        *,
+        return_type: str = "logits",
+        stop_at_layer: int | None = None,
+    ) -> Array:
+        """Logits ``[batch, pos, d_vocab]`` (or the residual stream with ``stop_at_layer``).
+
+        ``attention_mask`` (1 = real token, 0 = padding) supports left- or right-padded
+        batches; positions count real tokens only, so a left-padded prompt sees the same
+        positions as the unpadded one.
+        """
+        check_tokens(self.cfg, tokens, attention_mask)
+        if return_type not in ("logits", "resid"):
+            raise ValueError(f"return_type must be 'logits' or 'resid', got {return_type!r}")
+        positions, mask = positions_and_mask(tokens, attention_mask)
+        x = embed(self, tokens, positions)
+        x = run_blocks(self, x, positions, mask, stop=stop_at_layer)
+        if stop_at_layer is not None or return_type == "resid":
+            return x
+        return unembed(self, x)
+
+
+# Pieces of the forward pass, reusable by patching and generation ------------------
+
+
+def positions_and_mask(tokens, attention_mask=None):
+    """Positions ``[b, p]`` and the causal-and-padding attention mask ``[b, q, k]``."""
+    seq = tokens.shape[-1]
+    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))[None]
+    if attention_mask is None:
+        positions = jnp.broadcast_to(jnp.arange(seq), tokens.shape)
+        return positions, causal
+    am = jnp.asarray(attention_mask).astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(am, axis=-1) - 1, 0)
+    return positions, causal & (am[:, None, :] > 0)
+
+
+def embed(model: HookedTransformer, tokens, positions) -> Float[Array, "b p d"]:
+    x = hook("hook_embed", model.W_E[tokens])
+    if model.cfg.positional_embedding_type == "standard":
+        x = x + hook("hook_pos_embed", model.W_pos[positions])
+    return x
+
+
+def run_blocks(model: HookedTransformer, x, positions, mask, *, start: int = 0,
+               stop: int | None = None, remat: bool = False):
+    """Runs layers ``start:stop`` of the model on the residual stream ``x``."""
+    cfg = model.cfg
+    stop = cfg.n_layers if stop is None else stop
+    if not 0 <= start <= stop <= cfg.n_layers:
+        raise ShapeError(f"layer range {start}:{stop} is outside 0:{cfg.n_layers}")
+    params = model.blocks
+    if (start, stop) != (0, cfg.n_layers):
+        params = jax.tree.map(lambda a: a[start:stop], params)
+
+    def one(h, p):
+        return C.block(cfg, p, h, positions, mask)[0]
+
+    x, _ = scan_layers(one, x, params, n_layers=stop - start, remat=remat)
+    return x
+
+
+def unembed(model: HookedTransformer, x) -> Float[Array, "b p v"]:
+    if model.cfg.final_norm:
+        x = C.normalize(model.cfg, model.ln_final, x, "ln_final")
+    logits = jnp.einsum("bpd,dv->bpv", x, model.unembed_matrix)
+    return logits if model.b_U is None else logits + model.b_U
+
+
+# Validation, before tracing --------------------------------------------------------
+
+
+def check_tokens(cfg: TransformerConfig, tokens, attention_mask=None) -> None:
+    """Raises a clear error for wrong rank/dtype, too-long sequences, out-of-range ids."""
+    shape = getattr(tokens, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ShapeError(f"tokens must have shape [batch, pos], got {shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ShapeError(f"tokens must be integers, got dtype {tokens.dtype}")
+    if shape[1] > cfg.n_ctx:
+        raise TokenError(f"sequence length {shape[1]} exceeds the model context n_ctx={cfg.n_ctx}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(shape):
+        raise ShapeError(f"attention_mask shape {attention_mask.shape} != tokens shape {shape}")
+    if not isinstance(tokens, jax.core.Tracer) and shape[0] * shape[1] > 0:
+        lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+        if lo < 0 or hi >= cfg.d_vocab:
+            bad = hi if hi >= cfg.d_vocab else lo
+            raise TokenError(f"token id {bad} is out of range for d_vocab={cfg.d_vocab}")
+
+
+def hook_names_for(cfg: TransformerConfig) -> list[str]:
+    """Every hook name of a model with this config, in execution order."""
+    names = ["hook_embed"] + (["hook_pos_embed"] if cfg.positional_embedding_type == "standard" else [])
+    norm = cfg.normalization_type is not None
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}."
+        names.append(b + "hook_resid_pre")
+        if norm:
+            names += [b + "ln1.hook_scale", b + "ln1.hook_normalized"]
+        names += [b + "attn.hook_q", b + "attn.hook_k", b + "attn.hook_v"]
+        if cfg.positional_embedding_type == "rotary":
+            names += [b + "attn.hook_rot_q", b + "attn.hook_rot_k"]
+        names += [b + f"attn.hook_{n}" for n in ("attn_scores", "pattern", "z", "result")]
+        names.append(b + "hook_attn_out")
+        if cfg.has_mlp:
+            if not cfg.parallel_attn_mlp:
+                names.append(b + "hook_resid_mid")
+            if norm:
+                names += [b + "ln2.hook_scale", b + "ln2.hook_normalized"]
+            names.append(b + "mlp.hook_pre")
+            if cfg.gated_mlp:
+                names.append(b + "mlp.hook_pre_linear")
+            names += [b + "mlp.hook_post", b + "hook_mlp_out"]
+        names.append(b + "hook_resid_post")
+    if cfg.final_norm and norm:
+        names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    return names
+
+
+# Initialisation ---------------------------------------------------------------------
+
+
+def init_transformer(cfg: TransformerConfig, key: jax.Array) -> HookedTransformer:
+    """Random weights: normal(0, init_range), output projections scaled by 1/sqrt(2 n_layers)."""
+    L, d, H, G, e, v = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_vocab
+    dtype = cfg.jnp_dtype
+    keys = iter(jax.random.split(key, 16))
+    out_scale = cfg.init_range / math.sqrt(2 * max(L, 1))
+
+    def normal(shape, std=cfg.init_range):
+        return (std * jax.random.normal(next(keys), shape)).astype(dtype)
+
+    def zeros(shape, on=True):
+        return jnp.zeros(shape, dtype) if on else None
+
+    def norm(shape):
+        if cfg.normalization_type is None:
+            return None
+        return C.NormParams(jnp.ones(shape, dtype), zeros(shape, cfg.normalization_type == "LN"))
+
+    ab = cfg.use_attn_bias
+    attn = C.AttnParams(
+        W_Q=normal((L, H, d, e)), W_K=normal((L, G, d, e)), W_V=normal((L, G, d, e)),
+        W_O=normal((L, H, e, d), out_scale),
+        b_Q=zeros((L, H, e), ab), b_K=zeros((L, G, e), ab), b_V=zeros((L, G, e), ab), b_O=zeros((L, d), ab),
+    )
+    mlp = None
+    if cfg.has_mlp:
+        m, mb = cfg.d_mlp, cfg.use_mlp_bias
+        mlp = C.MLPParams(
+            W_in=normal((L, d, m)), W_out=normal((L, m, d), out_scale),
+            b_in=zeros((L, m), mb), b_out=zeros((L, d), mb),
+            W_gate=normal((L, d, m)) if cfg.gated_mlp else None,
+        )
+    blocks = C.BlockParams(ln1=norm((L, d)), attn=attn, ln2=norm((L, d)) if cfg.has_mlp else None, mlp=mlp)
+    return HookedTransformer(
+        cfg=cfg,
+        W_E=normal((v, d)),
+        blocks=blocks,
+        W_pos=normal((cfg.n_ctx, d)) if cfg.positional_embedding_type == "standard" else None,
+        ln_final=norm((d,)) if cfg.final_norm else None,
+        W_U=None if cfg.tied_embeddings else normal((d, v)),
+        b_U=zeros((v,), cfg.use_unembed_bias),
+    )
+
+
+def param_count(model: eqx.Module) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(eqx.filter(model, eqx.is_array))))
