@@ -78,19 +78,21 @@ class HookedTransformer(eqx.Module):
         *,
         return_type: str = "logits",
         stop_at_layer: int | None = None,
+        remat: bool = False,
     ) -> Array:
         """Logits ``[batch, pos, d_vocab]`` (or the residual stream with ``stop_at_layer``).
 
         ``attention_mask`` (1 = real token, 0 = padding) supports left- or right-padded
         batches; positions count real tokens only, so a left-padded prompt sees the same
-        positions as the unpadded one.
+        positions as the unpadded one. ``remat`` recomputes each layer in the backward pass
+        to save memory when training.
         """
         check_tokens(self.cfg, tokens, attention_mask)
         if return_type not in ("logits", "resid"):
             raise ValueError(f"return_type must be 'logits' or 'resid', got {return_type!r}")
         positions, mask = positions_and_mask(tokens, attention_mask)
         x = embed(self, tokens, positions)
-        x = run_blocks(self, x, positions, mask, stop=stop_at_layer)
+        x = run_blocks(self, x, positions, mask, stop=stop_at_layer, remat=remat)
         if stop_at_layer is not None or return_type == "resid":
             return x
         return unembed(self, x)
