@@ -160,7 +160,8 @@ def check_tokens(cfg: TransformerConfig, tokens, attention_mask=None) -> None:
     if attention_mask is not None and tuple(attention_mask.shape) != tuple(shape):
         raise ShapeError(f"attention_mask shape {attention_mask.shape} != tokens shape {shape}")
     if not isinstance(tokens, jax.core.Tracer) and shape[0] * shape[1] > 0:
-        lo, hi = int(jnp.min(tokens)), int(jnp.max(tokens))
+        host = np.asarray(tokens)  # concrete: check on the host, never inside a trace
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= cfg.d_vocab:
             bad = hi if hi >= cfg.d_vocab else lo
             raise TokenError(f"token id {bad} is out of range for d_vocab={cfg.d_vocab}")

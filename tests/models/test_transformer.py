@@ -143,3 +143,10 @@ def test_unknown_hook_name_lists_nearest(tokens):
     m = init_transformer(CONFIGS["gpt2"], jax.random.key(0))
     with pytest.raises(ji.HookNameError, match="blocks.0.hook_resid_pre"):
         ji.run_with_cache(m, tokens, names="blocks.0.hook_resid_pree")
+
+
+def test_concrete_tokens_closed_over_inside_jit(tokens):
+    """Validation runs on the host for concrete tokens even when called inside a trace."""
+    m = init_transformer(CONFIGS["gpt2"], jax.random.key(0))
+    out = jax.jit(lambda scale: m(tokens) * scale)(2.0)
+    np.testing.assert_allclose(out, 2.0 * m(tokens), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,35 @@
+"""Recipes: whole runs (train a model, reproduce a paper's result) as library functions.
+
+Each recipe is a config dataclass plus a ``run(config)`` function writing to
+``runs/<name>/``. The CLI (``jaxinterp experiment NAME --field value``), the scripts in
+``experiments/`` and the notebooks call these; they hold no logic of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+# name -> (module, config class, run function, one-line description)
+RECIPES: dict[str, tuple[str, str, str, str]] = {
+    "train-lm": ("jaxinterp.recipes.lm", "LMConfig", "train_lm",
+                 "train a small transformer on the embedded corpus and write its report"),
+}
+
+
+def register(name: str, module: str, config: str, run: str, doc: str) -> None:
+    RECIPES[name] = (module, config, run, doc)
+
+
+def get(name: str) -> tuple[type, Callable]:
+    """The config class and run function of a recipe."""
+    if name not in RECIPES:
+        from jaxinterp.errors import ConfigError, unknown_name_message
+
+        raise ConfigError(unknown_name_message("experiment", name, RECIPES))
+    module, config, run, _ = RECIPES[name]
+    mod = importlib.import_module(module)
+    cls = getattr(mod, config)
+    assert dataclasses.is_dataclass(cls)
+    return cls, getattr(mod, run)

@@ -1,0 +1,32 @@
+"""Every notebook in colab/ runs headlessly, in fast mode, so a broken notebook fails CI."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "colab").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXINTERP_FAST", "1")
+    monkeypatch.setenv("JAXINTERP_RUNS_DIR", str(tmp_path / "runs"))
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0].source if nb.cells[0].cell_type == "code" else nb.cells[1].source
+    assert "pip install" in first, "notebooks start with a Colab install cell"
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+
+
+def test_notebooks_import_only_the_public_api():
+    for path in NOTEBOOKS:
+        text = path.read_text()
+        assert "jaxinterp._" not in text and "from jaxinterp.hooks._core" not in text, path
