@@ -34,7 +34,7 @@ import sys
 import sysconfig
 import tempfile
 import tokenize
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from jaxinterp.errors import DataError
@@ -60,6 +60,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; cache files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -74,12 +75,12 @@ def load_corpus(name: str = "default") -> list[str]:
     """
     if name not in CORPORA:
         raise DataError(f"Unknown corpus {name!r}; expected one of {', '.join(CORPORA)}.")
-    path = cache_dir() / f"corpus-{name}-{_version_key()}.txt"
+    path = cache_dir() / f"corpus-{name}-{corpus_version()}.txt"
     if not path.exists():
         docs = _build(name)
         atomic_write_bytes(path, _SEP.join(docs).encode("utf-8"))
         return docs
-    return path.read_text(encoding="utf-8").split(_SEP)
+    return path.read_bytes().decode("utf-8").split(_SEP)
 
 
 def corpus_text(name: str = "default", separator: str = "\n\n") -> str:
@@ -96,8 +97,7 @@ def load_text_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     Raises:
         DataError: a path is missing, empty, or not UTF-8 text.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[Path] = []
     for p in map(Path, paths):
         files.extend(sorted(p.glob("*.txt")) if p.is_dir() else [p])
@@ -108,7 +108,7 @@ def load_text_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> l
         if not f.is_file():
             raise DataError(f"Text file not found: {f}")
         try:
-            text = f.read_text(encoding="utf-8")
+            text = f.read_bytes().decode("utf-8")  # bytes as they are: no newline translation
         except UnicodeDecodeError as e:
             raise DataError(f"Text file {f} is not valid UTF-8: {e}") from e
         if not text.strip():
@@ -117,7 +117,8 @@ def load_text_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     return docs
 
 
-def _version_key() -> str:
+def corpus_version() -> str:
+    """A short hash of everything the corpus bytes depend on (Python, packages, builder)."""
     parts = [_BUILD_VERSION, sys.version.split()[0], _bible_version()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
@@ -134,7 +135,7 @@ def _build(name: str) -> list[str]:
         return _python_docs()
     if name == "bible":
         return _bible_docs()
-    docs = _python_docs() + _bible_docs()
+    docs = load_corpus("python") + load_corpus("bible")
     return sorted(docs, key=lambda d: hashlib.sha256(d.split("\n", 1)[0].encode()).digest())
 
 
@@ -176,13 +177,12 @@ def _module_skeleton(src: str) -> str:
 
     tree = ast.parse(src)
     docstring(tree, 0)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
-            stop = max(node.body[0].lineno - 1, node.lineno)
-            header_lines.update(range(start, stop + 1))
-            items.append((start, 0, "\n".join(lines[start - 1 : stop]).rstrip()))
-            docstring(node, node.body[0].col_offset)
+    for node in _definitions(tree.body):
+        start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+        stop = max(node.body[0].lineno - 1, node.lineno)
+        header_lines.update(range(start, stop + 1))
+        items.append((start, 0, "\n".join(lines[start - 1 : stop]).rstrip()))
+        docstring(node, node.body[0].col_offset)
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
         line = tok.start[0]
         if tok.type != tokenize.COMMENT or line in header_lines:
@@ -196,6 +196,19 @@ def _module_skeleton(src: str) -> str:
         items.append((line, 2, " " * tok.start[1] + "# " + body if own_line else tok.line.rstrip()))
     items.sort(key=lambda it: (it[0], it[1]))
     return "\n".join(text for _, _, text in items)
+
+
+def _definitions(
+    body: list[ast.stmt],
+) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+    """Every def and class among ``body`` and the statements nested in it (not expressions)."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node
+        for field in ("body", "orelse", "finalbody"):
+            yield from _definitions(getattr(node, field, []))
+        for inner in getattr(node, "handlers", []) + getattr(node, "cases", []):
+            yield from _definitions(inner.body)
 
 
 # --- the World English Bible -----------------------------------------------------------

@@ -1,0 +1,54 @@
+"""Data for jaxinterp: an offline corpus, tokenizers, token batches, TFDS, synthetic tasks.
+
+* ``corpus``: the embedded English + Python corpus (``load_corpus``), local text files.
+* ``tokenizers``: one ``Tokenizer`` interface; bytes, byte-level BPE, local HF/GPT-2 files.
+* ``batching``: token files and ``TokenWindows``, shuffled batches resumable by step.
+* ``tfds_source``: TFDS array_record datasets, written and read without TensorFlow.
+* ``synthetic``: repeated random tokens (induction) and sparse features (superposition).
+"""
+
+from jaxinterp.data.batching import TokenWindows, load_tokens, tokenize_corpus
+from jaxinterp.data.corpus import (
+    CORPORA,
+    cache_dir,
+    corpus_text,
+    corpus_version,
+    load_corpus,
+    load_text_files,
+)
+from jaxinterp.data.synthetic import feature_importance, repeated_tokens, sparse_features
+from jaxinterp.data.tfds_source import TfdsText, open_tfds, write_tfds_text
+from jaxinterp.data.tokenizers import (
+    EOS,
+    ByteTokenizer,
+    HFTokenizer,
+    Tokenizer,
+    default_tokenizer,
+    load_tokenizer,
+    train_bpe,
+)
+
+__all__ = [
+    "CORPORA",
+    "EOS",
+    "ByteTokenizer",
+    "HFTokenizer",
+    "TfdsText",
+    "TokenWindows",
+    "Tokenizer",
+    "cache_dir",
+    "corpus_text",
+    "corpus_version",
+    "default_tokenizer",
+    "feature_importance",
+    "load_corpus",
+    "load_text_files",
+    "load_tokenizer",
+    "load_tokens",
+    "open_tfds",
+    "repeated_tokens",
+    "sparse_features",
+    "tokenize_corpus",
+    "train_bpe",
+    "write_tfds_text",
+]
