@@ -183,7 +183,7 @@ def write_report(cfg: LMConfig, model, tokenizer, metrics, run_dir: Path, second
     (run_dir / "report.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# {cfg.name}", "", f"Model: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
              f"vocab {model.cfg.d_vocab}; {cfg.steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens.", "",
-             f"- final train loss: {summary['final_loss']}", f"- final eval loss: {summary['final_eval_loss']}",
+             f"- final train loss: {summary['final_loss']:.3f}", f"- final eval loss: {summary['final_eval_loss']:.3f}",
              f"- unigram entropy of the corpus (a model with no context): {summary['unigram_entropy_nats']:.3f} nats",
              f"- wall time: {summary['train_seconds']} s", "", "![loss](loss.png)", "", "## Samples", ""]
     lines += [f"```\n{s}\n```" for s in samples]
