@@ -128,42 +128,49 @@ class TransformerConfig:
 # Presets: small functions, one per family --------------------------------------
 
 
+def _preset(defaults: dict, overrides: dict) -> TransformerConfig:
+    """Preset defaults, any of which a caller may override by keyword."""
+    return TransformerConfig(**(defaults | overrides))
+
+
 def gpt2_config(d_model=768, n_layers=12, n_heads=12, d_vocab=50257, n_ctx=1024, **kw):
-    """GPT-2: learned positions, LayerNorm, tanh-GELU MLP of width 4 d_model, tied W_U."""
-    return TransformerConfig(
+    """GPT-2: learned positions, LayerNorm, tanh-GELU MLP of width 4 d_model."""
+    return _preset(dict(
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_model // n_heads,
         d_mlp=4 * d_model, d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu_new",
-        normalization_type="LN", original_architecture="GPT2LMHeadModel", **kw,
-    )
+        normalization_type="LN", original_architecture="GPT2LMHeadModel",
+    ), kw)
 
 
 def neox_config(d_model=512, n_layers=6, n_heads=8, d_vocab=50304, n_ctx=2048, rotary_pct=0.25, **kw):
     """GPT-NeoX / Pythia: partial rotary, parallel attention + MLP, exact GELU."""
-    d_head = d_model // n_heads
-    return TransformerConfig(
+    d_head = kw.get("d_head", d_model // n_heads)
+    return _preset(dict(
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_head, d_mlp=4 * d_model,
         d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu", normalization_type="LN",
         positional_embedding_type="rotary", rotary_dim=int(d_head * rotary_pct),
-        parallel_attn_mlp=True, original_architecture="GPTNeoXForCausalLM", **kw,
-    )
+        parallel_attn_mlp=True, original_architecture="GPTNeoXForCausalLM",
+    ), kw)
 
 
 def llama_config(d_model=576, n_layers=30, n_heads=9, n_key_value_heads=3, d_mlp=1536,
                  d_vocab=49152, n_ctx=2048, rotary_base=100000.0, eps=1e-5, **kw):
-    """Llama style: RMSNorm, full rotary, SwiGLU, grouped-query attention, no biases."""
-    kw.setdefault("tied_embeddings", True)
-    return TransformerConfig(
+    """Llama style: RMSNorm, full rotary, SwiGLU, grouped-query attention, no biases.
+
+    The defaults are SmolLM2-135M's shape.
+    """
+    return _preset(dict(
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_model // n_heads,
         d_mlp=d_mlp, d_vocab=d_vocab, n_ctx=n_ctx, act_fn="silu", normalization_type="RMS",
         eps=eps, positional_embedding_type="rotary", rotary_base=rotary_base,
         n_key_value_heads=n_key_value_heads, gated_mlp=True, use_attn_bias=False,
-        use_mlp_bias=False, original_architecture="LlamaForCausalLM", **kw,
-    )
+        use_mlp_bias=False, tied_embeddings=True, original_architecture="LlamaForCausalLM",
+    ), kw)
 
 
 def attn_only_config(n_layers=2, d_model=256, n_heads=8, d_vocab=512, n_ctx=256, **kw):
     """Attention-only transformer of the circuits papers (0 to N layers)."""
-    return TransformerConfig(
+    return _preset(dict(
         d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_model // n_heads,
-        d_vocab=d_vocab, n_ctx=n_ctx, attn_only=True, **kw,
-    )
+        d_vocab=d_vocab, n_ctx=n_ctx, attn_only=True,
+    ), kw)
