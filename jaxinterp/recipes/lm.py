@@ -129,7 +129,7 @@ def train_lm(cfg: LMConfig) -> dict:
                     eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                     name=cfg.name, runs_dir=cfg.runs_dir, progress=cfg.progress),
         eval_fn=jax.jit(eval_fn),
-        state_fingerprint={"lm": dataclasses.asdict(cfg) | {"name": None, "progress": None}},
+        state_fingerprint={"lm": _fingerprint(cfg)},
     )
     model = result.params
     run_dir = cfg.run_dir
@@ -137,6 +137,15 @@ def train_lm(cfg: LMConfig) -> dict:
     summary = write_report(cfg, model, tokenizer, result.metrics, run_dir,
                            seconds=time.perf_counter() - start, n_tokens=int(len(tokens)))
     return summary
+
+
+# Fields that do not change what is trained: a run may be extended (more steps), renamed
+# or re-logged and still resume from its checkpoints.
+_NOT_IN_FINGERPRINT = ("name", "runs_dir", "steps", "log_every", "eval_every", "checkpoint_every", "progress")
+
+
+def _fingerprint(cfg: LMConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
 
 
 def save_model(folder: Path, model: HookedTransformer, tokenizer) -> None:

@@ -1,0 +1,1 @@
+"""Checkpoints in and out: weights as safetensors / npz, orbax training state."""
