@@ -6,22 +6,16 @@ from jaxinterp.hooks._core import (
     Site,
     handler_scope,
     hook,
+    inline_jit_scope,
     is_hooked,
     layer_scope,
     scan_layers,
 )
-from jaxinterp.hooks.transforms import (
-    Intervention,
-    add,
-    edit,
-    hook_axes,
-    hook_names,
-    patch,
-    run_with_cache,
-    run_with_hooks,
-)
+from jaxinterp.hooks.interventions import Intervention, add, edit, hook_axes, patch
+from jaxinterp.hooks.transforms import Cache, hook_names, run_with_cache, run_with_hooks
 
 __all__ = [
+    "Cache",
     "Handler",
     "Intervention",
     "NestedTraceError",
@@ -32,6 +26,7 @@ __all__ = [
     "hook",
     "hook_axes",
     "hook_names",
+    "inline_jit_scope",
     "is_hooked",
     "layer_scope",
     "patch",

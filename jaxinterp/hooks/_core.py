@@ -16,10 +16,17 @@ with ``jnp.where(l == layer, new, old)``, so a traced ``layer`` can be ``vmap``p
 
 The bookkeeping is a thread-local stack of frames that lives only while a transform
 traces the model; nothing global persists between calls.
+
+A hook must be reached in the same JAX trace as the transform that handles it: a hook
+inside a ``jax.jit``, ``vmap``, ``lax.scan`` or ``checkpoint`` that starts *inside* the
+transform raises :class:`NestedTraceError` (its value could not leave that inner trace).
+The exceptions are :func:`scan_layers`, which carries values out of its scan, and inner
+``jax.jit`` calls under ``inline_jit=True`` (see :func:`inline_jit_scope`).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import threading
@@ -29,7 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.errors import JaxinterpError
+from jaxinterp.errors import JaxinterpError, ShapeError
 
 try:  # The trace in effect now, to catch hooks reached inside a nested jit/vmap/scan.
     from jax._src.core import trace_ctx as _trace_ctx
@@ -118,6 +125,7 @@ class _State(threading.local):
     def __init__(self):
         self.stack: list[_Entry] = []
         self.scope: list[tuple[str, Any, int | None]] = []  # (prefix, layer, n_layers)
+        self.inline = 0  # depth of inline_jit_scope blocks
 
 
 _state = _State()
@@ -131,7 +139,8 @@ def _check_trace(entry: _Entry, name: str) -> None:
             "started inside a jaxinterp transform, so its value cannot leave that inner trace. "
             "Put the jaxinterp transform inside the inner transform instead (for a per-example "
             "model: jax.vmap(lambda x: ji.run_with_cache(model, x, names=...))), use "
-            "ji.scan_layers for scanned layers, or remove an inner jax.jit around the model."
+            "ji.scan_layers for scanned layers, and for an inner jax.jit pass inline_jit=True "
+            "(or call the un-jitted function)."
         )
 
 
@@ -155,7 +164,13 @@ def hook(name: str, x: jax.Array) -> jax.Array:
     if not stack:
         return x
     site = current_site(name)
-    _check_trace(stack[-1], site.name() if not site.dynamic else site.name("{l}"))
+    shown = site.name() if not site.dynamic else site.name("{l}")
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise ShapeError(
+            f"hook({shown!r}, x) needs an array, got {type(x).__name__}; tag each array leaf "
+            "of a pytree under its own name"
+        )
+    _check_trace(stack[-1], shown)
     # Innermost handler first, so an outer capture sees what inner interventions made.
     for depth in range(len(stack) - 1, -1, -1):
         entry = stack[depth]
@@ -204,6 +219,26 @@ def layer_scope(prefix: str, layer: Any, n_layers: int | None = None) -> Iterato
 
 
 @contextlib.contextmanager
+def inline_jit_scope() -> Iterator[None]:
+    """Runs the ``with`` block under ``jax.disable_jit()`` so inner ``jax.jit`` calls inline.
+
+    A hook inside a user's ``jax.jit`` normally sits in a nested trace (and a jit whose
+    trace is already cached never reaches its hooks at all). With jit disabled, inner
+    jitted functions run as plain Python in the caller's trace, so their hooks work; put the
+    transform itself inside an outer ``jax.jit`` to keep one compiled program.
+    :func:`scan_layers` keeps its ``lax.scan`` (it re-enables jit for the scan and disables
+    it again inside the body), so depth still costs one traced layer; a user's own
+    ``lax.scan`` or ``fori_loop`` is unrolled by ``disable_jit`` instead.
+    """
+    _state.inline += 1
+    try:
+        with jax.disable_jit():
+            yield
+    finally:
+        _state.inline -= 1
+
+
+@contextlib.contextmanager
 def _scan_frame(prefix: str, n_layers: int) -> Iterator[_ScanFrame]:
     frame = _ScanFrame(prefix, n_layers)
     _state.stack.append(_Entry(None, frame, _current_trace()))
@@ -248,19 +283,64 @@ def scan_layers(
     # Which handler gets which emitted value: plain Python, filled in while tracing the body.
     receivers: dict[tuple[int, str], tuple[Handler, list[int], Site]] = {}
 
+    # Under inline_jit keep the scan (one traced layer), but inline jits inside the body.
+    inline = _state.inline > 0 and jax.config.jax_disable_jit
+
     def body(c, xs):
         index, params = xs[0], xs[1]
-        with _scan_frame(prefix, n_layers) as frame, layer_scope(prefix, index, n_layers):
+        with contextlib.ExitStack() as stack:
+            if inline:
+                stack.enter_context(jax.disable_jit())
+            frame = stack.enter_context(_scan_frame(prefix, n_layers))
+            stack.enter_context(layer_scope(prefix, index, n_layers))
             out = block(c, (params, xs[2]) if with_extra else params)
         c, y = out if with_extra else (out, None)
         receivers.update(frame.receivers)
         return c, (y, frame.emitted)
 
     fn = jax.checkpoint(body) if remat else body
-    xs = (jnp.arange(n_layers, dtype=jnp.int32), layer_params) + ((extra,) if with_extra else ())
-    carry, (ys, emitted) = jax.lax.scan(fn, carry, xs, unroll=unroll)
+
+    def run(carry, layer_params, extra):
+        xs = (jnp.arange(n_layers, dtype=jnp.int32), layer_params) + ((extra,) if with_extra else ())
+        return jax.lax.scan(fn, carry, xs, unroll=unroll)
+
+    with jax.disable_jit(False) if inline else contextlib.nullcontext():
+        eager = _is_eager() and not jax.config.jax_disable_jit
+        carry, (ys, emitted) = (_call_cached if eager else _call)(run, carry, layer_params, extra)
     for key, stacked in emitted.items():
         handler, layers, site = receivers[key]
         for i in layers:
             handler.receive(site.name(i), stacked[i])
     return carry, ys
+
+
+# Eager calls: compile each distinct scan once -----------------------------------------
+# Called outside jit, lax.scan traces and compiles its body on every call (the body is a
+# fresh closure each time), about a second even for a tiny model. Keying compiled scans
+# by the text of their jaxpr makes repeated eager calls cheap: same text, same program.
+_EAGER_CACHE: collections.OrderedDict[str, Callable] = collections.OrderedDict()
+_EAGER_LOCK = threading.Lock()
+_EAGER_MAX = 32
+
+
+def _is_eager() -> bool:
+    return type(_current_trace()).__name__ == "EvalTrace"
+
+
+def _call(f: Callable, *args: Any) -> Any:
+    return f(*args)
+
+
+def _call_cached(f: Callable, *args: Any) -> Any:
+    closed, shapes = jax.make_jaxpr(f, return_shape=True)(*args)
+    key = str(closed.jaxpr)
+    with _EAGER_LOCK:
+        compiled = _EAGER_CACHE.pop(key, None)
+        if compiled is None:
+            jaxpr = closed.jaxpr
+            compiled = jax.jit(lambda consts, flat: jax.core.eval_jaxpr(jaxpr, consts, *flat))
+        _EAGER_CACHE[key] = compiled
+        while len(_EAGER_CACHE) > _EAGER_MAX:
+            _EAGER_CACHE.popitem(last=False)
+    out = compiled(list(closed.consts), jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(shapes), out)

@@ -1,32 +1,44 @@
 """Transforms over hook points: capture activations, and intervene on them.
 
-``run_with_cache(fn, *args, names=...)`` runs ``fn`` and returns ``(output, cache)`` where
-``cache`` is a plain ``dict`` from TransformerLens-style names to arrays, holding only the
-names asked for. ``run_with_hooks(fn, *args, interventions=[...])`` runs ``fn`` with
-activations replaced. Both are pure functions of their inputs: call them inside
-``jax.jit``, ``jax.grad`` or ``jax.vmap``.
+``run_with_cache(fn, *args, names=...)`` runs ``fn`` and returns ``(output, cache)``,
+where ``cache`` maps TransformerLens-style names to arrays and holds only the names asked
+for (an exact name, wildcards like ``blocks.*.hook_z``, a list of them, or a predicate).
+``run_with_hooks(fn, *args, interventions=[...])`` runs ``fn`` with activations replaced
+(see :mod:`jaxinterp.hooks.interventions`); with ``names=`` it also captures, after the
+interventions. Both are pure functions of their inputs, so they go *inside* ``jax.jit``,
+``jax.grad`` and ``jax.vmap``::
 
-An :class:`Intervention` is a pytree: the hook-name pattern and the editing function are
-static, and its parameters (``layer``, positions, heads, source activations, scales) are
-arrays. A batch of interventions that differ only in those arrays is therefore one
-``vmap`` and one compilation::
+    logits, cache = jax.jit(lambda m, t: ji.run_with_cache(m, t, names="blocks.*.hook_z"))(model, tokens)
 
-    ivs = ji.patch("blocks.*.hook_resid_pre", source=clean_resid, layer=jnp.arange(4), pos=2)
-    out = jax.vmap(lambda iv: ji.run_with_hooks(model, tokens, interventions=[iv]))(ivs)
+Hook names are checked: for a model with ``hook_names()`` (``HookedTransformer``) before
+anything is traced, for any other function after the run (the names it reached). Unknown
+names raise :class:`~jaxinterp.errors.HookNameError` listing the nearest valid ones.
+
+What the transform cannot see: hooks inside a ``jax.jit``, ``vmap``, ``lax.scan`` or
+``checkpoint`` that starts inside ``fn`` live in a nested trace and raise
+:class:`NestedTraceError`. Use :func:`scan_layers` for scanned layers and put the
+transform inside ``vmap`` (per-example models: ``jax.vmap(lambda x: ji.run_with_cache(model,
+x, names=...))(xs)``). For a user's inner ``jax.jit`` pass ``inline_jit=True``: ``fn`` runs
+under ``jax.disable_jit()`` so inner jits are inlined into the caller's trace (wrap the
+whole call in an outer ``jax.jit`` to keep it compiled). Without it, an inner jit whose
+trace JAX has already cached never reaches its hooks: nothing is captured or patched, which
+the name check reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 
-from jaxinterp.errors import HookNameError, ShapeError, unknown_name_message
-from jaxinterp.hooks._core import Handler, Site, handler_scope
+from jaxinterp.errors import HookNameError, unknown_name_message
+from jaxinterp.hooks._core import Handler, Site, handler_scope, inline_jit_scope
+from jaxinterp.hooks.interventions import Intervention, add, edit, hook_axes, patch
 
 NameSpec = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -36,135 +48,75 @@ def _matcher(spec: NameSpec) -> Callable[[str], bool]:
         return lambda name: True
     if callable(spec):
         return spec
-    patterns = [spec] if isinstance(spec, str) else list(spec)
+    patterns = _patterns(spec)
     return lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _patterns(spec: NameSpec) -> list[str]:
     if spec is None or callable(spec):
         return []
-    return [spec] if isinstance(spec, str) else list(spec)
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"hook names must be strings, got {type(p).__name__}: {p!r}")
+    return patterns
 
 
-# Axis layout of the standard hooks: which axis is the (query) position, which the head.
-def hook_axes(name: str) -> tuple[int | None, int | None]:
-    """(pos_axis, head_axis) of a hook's activation, batch first, TransformerLens layout."""
-    tail = name.rsplit(".", 1)[-1]
-    if tail in ("hook_attn_scores", "hook_pattern"):
-        return 2, 1  # [batch, head, query_pos, key_pos]
-    if tail in ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k"):
-        return 1, 2  # [batch, pos, head, d]
-    return 1, None  # [batch, pos, ...]
+# The cache: a dict that keeps its order through jit --------------------------------
 
 
-class Intervention(eqx.Module):
-    """Replaces the activation at hooks matching ``name`` by ``fn(x, params)``.
+class _Keys:
+    """Pytree aux data of a Cache: compares by key set (like a dict), keeps the order."""
 
-    ``name`` may hold wildcards (``blocks.*.hook_resid_pre``). ``layer`` (an int array,
-    optional) restricts a layered hook to one layer; being an array it can be vmapped.
+    def __init__(self, order: Iterable[str]):
+        self.order = tuple(order)
+        self.sorted = tuple(sorted(self.order))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Keys) and self.sorted == other.sorted
+
+    def __hash__(self) -> int:
+        return hash(self.sorted)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Cache(dict):
+    """A plain ``dict`` of activations that keeps execution order (``hook_embed``,
+    ``blocks.0.*``, ``blocks.1.*``, ... ``ln_final.*``) through ``jit`` and ``vmap``
+    (a plain dict comes back from ``jit`` sorted by key, ``blocks.10`` before ``blocks.2``).
     """
 
-    name: str = eqx.field(static=True)
-    fn: Callable[[jax.Array, Any], jax.Array] = eqx.field(static=True)
-    params: Any = None
-    layer: jax.Array | None = None
+    def tree_flatten_with_keys(self):
+        keys = sorted(self)
+        return [(jax.tree_util.DictKey(k), self[k]) for k in keys], _Keys(self)
 
-    def _active(self, site: Site) -> Any:
-        """True, False, or a traced boolean: does this intervention apply at ``site``?"""
-        if site.dynamic:
-            mask = [fnmatch.fnmatchcase(n, self.name) for n in site.names()]
-            if not any(mask):
-                return False
-            active = True if all(mask) else jnp.asarray(mask)[site.layer]
-        else:
-            if not fnmatch.fnmatchcase(site.name(), self.name):
-                return False
-            active = True
-        if self.layer is not None:
-            if site.layer is None:
-                return False
-            hit = site.layer == self.layer
-            active = hit if active is True else jnp.logical_and(active, hit)
-        return active
-
-    def apply(self, site: Site, x: jax.Array) -> jax.Array:
-        active = self._active(site)
-        if active is False:
-            return x
-        new = self.fn(x, self.params)
-        if new.shape != x.shape:
-            raise ShapeError(
-                f"Intervention on {site.name() if not site.dynamic else site.name('{l}')!r} "
-                f"returned shape {new.shape}; the activation has shape {x.shape}"
-            )
-        new = new.astype(x.dtype)
-        return new if active is True else jnp.where(active, new, x)
+    @classmethod
+    def tree_unflatten(cls, aux: _Keys, children):
+        values = dict(zip(aux.sorted, children, strict=True))
+        return cls((k, values[k]) for k in aux.order)
 
 
-def edit(name: str, fn: Callable[[jax.Array, Any], jax.Array], params: Any = None, *,
-         layer: Any = None) -> Intervention:
-    """The general intervention: ``x -> fn(x, params)`` at hooks matching ``name``."""
-    return Intervention(name, fn, params, None if layer is None else jnp.asarray(layer))
+def _layer_of(name: str) -> tuple[str, int] | None:
+    """``("blocks", 3)`` for ``blocks.3.attn.hook_z``; None for names without a layer."""
+    m = re.match(r"^(.*?)(?:^|\.)(\d+)(?:\.|$)", name)
+    return None if m is None else (m.group(1), int(m.group(2)))
 
 
-def _index_mask(size: int, index: Any) -> jax.Array:
-    """Boolean mask of length ``size`` true at ``index`` (an int, or an array of ints)."""
-    index = jnp.asarray(index)
-    return jnp.any(jnp.arange(size)[:, None] == index.reshape(1, -1), axis=-1)
+def _ordered(cache: dict[str, Any], seen: dict[str, None]) -> Cache:
+    """Execution order, with each group of layered names sorted by layer."""
+    order = {n: i for i, n in enumerate(seen)}
+    start: dict[str, int] = {}
+    for n in cache:
+        lay = _layer_of(n)
+        if lay is not None:
+            start[lay[0]] = min(start.get(lay[0], len(order)), order.get(n, len(order)))
 
+    def key(name: str) -> tuple[int, int, int]:
+        i = order.get(name, len(order))
+        lay = _layer_of(name)
+        return (i, -1, i) if lay is None else (start[lay[0]], lay[1], i)
 
-def _select_mask(name: str, shape: tuple[int, ...], pos: Any, head: Any) -> jax.Array | None:
-    pos_axis, head_axis = hook_axes(name)
-    mask = None
-    for index, axis in ((pos, pos_axis), (head, head_axis)):
-        if index is None:
-            continue
-        if axis is None or axis >= len(shape):
-            raise ShapeError(f"Hook {name!r} (shape {shape}) has no axis for that selection")
-        m = _index_mask(shape[axis], index).reshape([-1 if a == axis else 1 for a in range(len(shape))])
-        mask = m if mask is None else jnp.logical_and(mask, m)
-    return mask
-
-
-def _patch_fn(name: str) -> Callable:
-    def fn(x, p):
-        source = jnp.broadcast_to(p["source"], x.shape)
-        mask = _select_mask(name, x.shape, p.get("pos"), p.get("head"))
-        return source if mask is None else jnp.where(mask, source, x)
-
-    return fn
-
-
-def patch(name: str, source: Any, *, pos: Any = None, head: Any = None, layer: Any = None) -> Intervention:
-    """Replaces the activation at ``name`` with ``source``, optionally only at ``pos``/``head``.
-
-    ``source`` broadcasts to the activation's shape (a scalar 0.0 zero-ablates). ``pos``
-    and ``head`` select along the hook's position and head axes (see :func:`hook_axes`);
-    with ``layer`` they may be arrays with a leading batch axis for ``vmap``.
-    """
-    params = {"source": jnp.asarray(source)}
-    if pos is not None:
-        params["pos"] = jnp.asarray(pos)
-    if head is not None:
-        params["head"] = jnp.asarray(head)
-    return Intervention(name, _patch_fn(name), params, None if layer is None else jnp.asarray(layer))
-
-
-def _add_fn(name: str) -> Callable:
-    def fn(x, p):
-        delta = p["scale"] * jnp.broadcast_to(p["vector"], x.shape)
-        mask = _select_mask(name, x.shape, p.get("pos"), None)
-        return x + (delta if mask is None else jnp.where(mask, delta, 0))
-
-    return fn
-
-
-def add(name: str, vector: Any, *, scale: Any = 1.0, pos: Any = None, layer: Any = None) -> Intervention:
-    """Adds ``scale * vector`` to the activation (steering); ``vector`` broadcasts."""
-    params = {"vector": jnp.asarray(vector), "scale": jnp.asarray(scale)}
-    if pos is not None:
-        params["pos"] = jnp.asarray(pos)
-    return Intervention(name, _add_fn(name), params, None if layer is None else jnp.asarray(layer))
+    return Cache((n, cache[n]) for n in sorted(cache, key=key))
 
 
 # Handlers -----------------------------------------------------------------------------
@@ -188,7 +140,7 @@ class _Capture(_Recorder):
         self.cache: dict[str, jax.Array] = {}
 
     def wants(self, name: str) -> bool:
-        return self.match(name)
+        return bool(self.match(name))
 
     def handle(self, site, x, frames_above):
         self.note(site)
@@ -198,6 +150,11 @@ class _Capture(_Recorder):
             return x
         layers = [i for i, n in enumerate(site.names()) if self.match(n)]
         if layers:
+            if not frames_above:
+                raise HookNameError(
+                    f"cannot capture {site.name('{l}')!r}: the capturing transform was started "
+                    "inside the scanned layer itself; start it outside ji.scan_layers"
+                )
             frames_above[-1].emit(self, site, layers, x)
         return x
 
@@ -225,6 +182,12 @@ def _known_names(fn: Any) -> list[str] | None:
     return list(names()) if callable(names) else None
 
 
+_NOTHING_REACHED = (
+    " The function reached no hook at all: if it is (or calls) a jax.jit-compiled function "
+    "whose trace JAX had already cached, the hooks inside are skipped; pass inline_jit=True."
+)
+
+
 def _validate(patterns: Iterable[str], valid: Iterable[str], after_run: bool = False) -> None:
     valid = list(valid)
     for p in patterns:
@@ -232,33 +195,25 @@ def _validate(patterns: Iterable[str], valid: Iterable[str], after_run: bool = F
             msg = unknown_name_message("hook name", p, valid)
             if after_run:
                 msg += " (no hook with that name was reached while running the function)"
+                msg += "" if valid else _NOTHING_REACHED
             raise HookNameError(msg)
 
 
-def _ordered(cache: dict[str, jax.Array], seen: dict[str, None]) -> dict[str, jax.Array]:
-    """Cache in execution order, layered names grouped by layer (blocks.0.*, blocks.1.*...)."""
-    order = {n: i for i, n in enumerate(seen)}
-
-    def layer_of(name: str) -> int | None:
-        return next((int(p) for p in name.split(".") if p.isdigit()), None)
-
-    layered = [order[n] for n in cache if layer_of(n) is not None and n in order]
-    group = min(layered, default=0)
-
-    def key(name: str):
-        i = order.get(name, len(order))
-        layer = layer_of(name)
-        return (i, 0, 0) if layer is None else (group, layer, i)
-
-    return {n: cache[n] for n in sorted(cache, key=key)}
-
-
 def run_with_hooks(fn: Callable, *args: Any, interventions: Sequence[Intervention] = (),
-                   names: NameSpec = False, **kwargs: Any) -> Any:
+                   names: NameSpec | bool = False, inline_jit: bool = False, **kwargs: Any) -> Any:
     """Calls ``fn(*args, **kwargs)`` with ``interventions`` applied at their hook points.
 
-    With ``names`` (anything but ``False``) also captures those activations, after the
-    interventions, and returns ``(output, cache)``.
+    Args:
+      fn: the model or any function whose code calls :func:`jaxinterp.hooks.hook`.
+      interventions: applied in order at every matching hook (later ones see earlier ones'
+        results).
+      names: anything but ``False`` also captures those activations (as in
+        :func:`run_with_cache`), after the interventions, and returns ``(output, cache)``.
+      inline_jit: run ``fn`` under ``jax.disable_jit()`` so hooks inside its inner
+        ``jax.jit`` calls work (see the module docstring).
+
+    Returns:
+      ``fn``'s output, or ``(output, cache)`` when ``names`` is given.
     """
     interventions = list(interventions)
     for iv in interventions:
@@ -271,24 +226,29 @@ def run_with_hooks(fn: Callable, *args: Any, interventions: Sequence[Interventio
         _validate(wanted, known)
     inner, outer = _Intervene(interventions), _Capture(names if capture else (lambda n: False))
     with handler_scope(outer), handler_scope(inner):
-        out = fn(*args, **kwargs)
+        with inline_jit_scope() if inline_jit else contextlib.nullcontext():
+            out = fn(*args, **kwargs)
     if known is None:
         _validate(wanted, outer.seen, after_run=True)
+        if not outer.seen and capture and not wanted:
+            warnings.warn("run_with_cache reached no hook point." + _NOTHING_REACHED, stacklevel=2)
     if not capture:
         return out
     return out, _ordered(outer.cache, outer.seen)
 
 
-def run_with_cache(fn: Callable, *args: Any, names: NameSpec = None, **kwargs: Any) -> tuple[Any, dict]:
+def run_with_cache(fn: Callable, *args: Any, names: NameSpec = None, inline_jit: bool = False,
+                   **kwargs: Any) -> tuple[Any, Cache]:
     """Calls ``fn(*args, **kwargs)`` and returns ``(output, cache)``.
 
     ``names``: a hook name, a list of names or wildcard patterns (``blocks.*.hook_z``), a
-    predicate on names, or ``None`` for every hook. Only the names asked for are kept.
+    predicate on names, or ``None`` for every hook. Only the names asked for are kept; the
+    cache is a :class:`Cache` (a ``dict``) in execution order, layered names per layer.
     """
-    return run_with_hooks(fn, *args, interventions=(), names=names, **kwargs)
+    return run_with_hooks(fn, *args, interventions=(), names=names, inline_jit=inline_jit, **kwargs)
 
 
-def hook_names(fn: Callable, *args: Any, **kwargs: Any) -> list[str]:
+def hook_names(fn: Callable, *args: Any, inline_jit: bool = False, **kwargs: Any) -> list[str]:
     """Every hook name ``fn(*args)`` reaches, in order, found by an abstract trace (no FLOPs)."""
     known = _known_names(fn)
     if known is not None:
@@ -297,10 +257,16 @@ def hook_names(fn: Callable, *args: Any, **kwargs: Any) -> list[str]:
 
     def probe(*a):
         rec = _Capture(lambda n: False)
-        with handler_scope(rec):
+        with handler_scope(rec), inline_jit_scope() if inline_jit else contextlib.nullcontext():
             out = fn(*a, **kwargs)
         seen.extend(rec.seen)
         return out
 
     jax.eval_shape(probe, *args)
     return list(_ordered(dict.fromkeys(seen), dict.fromkeys(seen)))
+
+
+__all__ = [
+    "Cache", "Intervention", "add", "edit", "hook_axes", "hook_names", "patch",
+    "run_with_cache", "run_with_hooks",
+]

@@ -179,7 +179,7 @@ def write_report(cfg: LMConfig, model, tokenizer, metrics, run_dir: Path, second
     probe = "The LORD said to Moses, The LORD said to Moses,"
     ids = jnp.asarray([tokenizer.encode(probe)[: cfg.seq_len]])
     _, cache = run_with_cache(model, ids, names="blocks.*.attn.hook_pattern")
-    patterns = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_pattern"][0]) for l in range(cfg.n_layers)])
+    patterns = np.stack([np.asarray(cache[f"blocks.{layer}.attn.hook_pattern"][0]) for layer in range(cfg.n_layers)])
     labels = [tokenizer.decode([int(t)]) for t in ids[0]]
     attention_png(patterns, labels, run_dir / "attention.png")
     summary = {
