@@ -33,10 +33,14 @@ from jaxinterp.models import (
     HookedTransformer,
     TransformerConfig,
     attn_only_config,
+    generate,
     gpt2_config,
     init_transformer,
     llama_config,
+    lm_loss,
     neox_config,
+    process_weights,
+    token_losses,
 )
 
 __version__ = "0.1.0"
@@ -57,7 +61,11 @@ __all__ = [
     "add",
     "attn_only_config",
     "edit",
+    "generate",
     "gpt2_config",
+    "lm_loss",
+    "process_weights",
+    "token_losses",
     "hook",
     "hook_names",
     "init_transformer",

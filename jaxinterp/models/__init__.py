@@ -7,6 +7,16 @@ from jaxinterp.models.config import (
     llama_config,
     neox_config,
 )
+from jaxinterp.models.generate import KVCache, decode_step, generate, init_kv_cache, sample_logits
+from jaxinterp.models.loss import lm_loss, token_losses
+from jaxinterp.models.process import (
+    center_unembed,
+    center_writing_weights,
+    fold_layer_norm,
+    fold_value_biases,
+    process_weights,
+    untie_embeddings,
+)
 from jaxinterp.models.transformer import (
     HookedTransformer,
     check_tokens,
@@ -20,6 +30,19 @@ from jaxinterp.models.transformer import (
 )
 
 __all__ = [
+    "KVCache",
+    "center_unembed",
+    "center_writing_weights",
+    "decode_step",
+    "fold_layer_norm",
+    "fold_value_biases",
+    "generate",
+    "init_kv_cache",
+    "lm_loss",
+    "process_weights",
+    "sample_logits",
+    "token_losses",
+    "untie_embeddings",
     "HookedTransformer",
     "TransformerConfig",
     "attn_only_config",
