@@ -68,8 +68,10 @@ def sample_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 
 
     out = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt)[-(model.cfg.n_ctx - max_new_tokens):]
-        tokens = generate(model, jnp.asarray([ids]), max_new_tokens, temperature=temperature,
+        n_ctx = model.cfg.n_ctx
+        ids = tokenizer.encode(prompt)[-max(n_ctx - max_new_tokens, n_ctx // 2):]
+        tokens = generate(model, jnp.asarray([ids]), min(max_new_tokens, n_ctx - len(ids)),
+                          temperature=temperature,
                           key=jax.random.key(seed))
         out.append(tokenizer.decode([int(t) for t in tokens[0]]))
     return out
