@@ -16,12 +16,14 @@ from jaxinterp.errors import (
     TokenError,
 )
 from jaxinterp.hooks import (
+    Cache,
     Intervention,
     NestedTraceError,
     add,
     edit,
     hook,
     hook_names,
+    hook_tree,
     is_hooked,
     layer_scope,
     patch,
@@ -46,6 +48,7 @@ from jaxinterp.models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -68,6 +71,7 @@ __all__ = [
     "token_losses",
     "hook",
     "hook_names",
+    "hook_tree",
     "init_transformer",
     "is_hooked",
     "layer_scope",

@@ -15,7 +15,8 @@ the scan as stacked outputs and are presented under per-layer names; interventio
 with ``jnp.where(l == layer, new, old)``, so a traced ``layer`` can be ``vmap``ped.
 
 The bookkeeping is a thread-local stack of frames that lives only while a transform
-traces the model; nothing global persists between calls.
+traces the model; nothing of it persists between calls. :func:`scan_layers` lives in
+:mod:`jaxinterp.hooks._scan`.
 
 A hook must be reached in the same JAX trace as the transform that handles it: a hook
 inside a ``jax.jit``, ``vmap``, ``lax.scan`` or ``checkpoint`` that starts *inside* the
@@ -26,15 +27,13 @@ The exceptions are :func:`scan_layers`, which carries values out of its scan, an
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from jaxinterp.errors import JaxinterpError, ShapeError
 
@@ -59,13 +58,15 @@ class Site:
     """Where a hook fired: its name, and for stacked layers the (maybe traced) index.
 
     ``prefix`` and ``layer`` are set inside :func:`layer_scope` / :func:`scan_layers`;
-    then the full name is ``f"{prefix}.{layer}.{suffix}"``. ``n_layers`` bounds ``layer``.
+    then the full name is ``f"{prefix}.{layer}.{suffix}"``. A traced ``layer`` takes the
+    values ``first, ..., first + n_layers - 1``.
     """
 
     suffix: str
     prefix: str | None = None
     layer: Any = None  # int, traced int32 scalar, or None
     n_layers: int | None = None
+    first: int = 0
 
     @property
     def dynamic(self) -> bool:
@@ -81,7 +82,7 @@ class Site:
         """Every concrete name this site can take."""
         if not self.dynamic:
             return [self.name()]
-        return [self.name(i) for i in range(self.n_layers)]
+        return [self.name(i) for i in range(self.first, self.first + self.n_layers)]
 
 
 class Handler:
@@ -124,7 +125,7 @@ class _ScanFrame:
 class _State(threading.local):
     def __init__(self):
         self.stack: list[_Entry] = []
-        self.scope: list[tuple[str, Any, int | None]] = []  # (prefix, layer, n_layers)
+        self.scope: list[tuple[str, Any, int | None, int]] = []  # prefix, layer, n, first
         self.inline = 0  # depth of inline_jit_scope blocks
 
 
@@ -147,23 +148,27 @@ def _check_trace(entry: _Entry, name: str) -> None:
 def current_site(suffix: str) -> Site:
     if not _state.scope:
         return Site(suffix)
-    prefix, layer, n = _state.scope[-1]
+    prefix, layer, n, first = _state.scope[-1]
     if len(_state.scope) > 1:
-        outer = ".".join(f"{p}.{i}" for p, i, _ in _state.scope[:-1])
+        outer = ".".join(f"{p}.{i}" for p, i, _, _ in _state.scope[:-1])
         prefix = f"{outer}.{prefix}"
-    return Site(suffix, prefix, layer, n)
+    return Site(suffix, prefix, layer, n, first)
 
 
 def hook(name: str, x: jax.Array) -> jax.Array:
     """Tags ``x`` as the hook point ``name``; returns ``x`` or a transform's replacement.
 
     Use it anywhere in JAX code (Flax, Equinox, plain functions). Without an active
-    jaxinterp transform it returns ``x`` unchanged at no cost.
+    jaxinterp transform it returns ``x`` unchanged at no cost. Inside :func:`layer_scope`
+    (or :func:`scan_layers`) the full name is ``{prefix}.{layer}.{name}``.
     """
-    stack = _state.stack
-    if not stack:
+    if not _state.stack:
         return x
-    site = current_site(name)
+    return _fire(current_site(name), x)
+
+
+def _fire(site: Site, x: jax.Array) -> jax.Array:
+    stack = _state.stack
     shown = site.name() if not site.dynamic else site.name("{l}")
     if not (hasattr(x, "shape") and hasattr(x, "dtype")):
         raise ShapeError(
@@ -179,6 +184,32 @@ def hook(name: str, x: jax.Array) -> jax.Array:
         above = [e.scan for e in stack[depth + 1 :] if e.scan is not None]
         x = entry.handler.handle(site, x, above)
     return x
+
+
+def hook_tree(name: str, tree: Any, *, scoped: bool = True) -> Any:
+    """Tags every array in ``tree``: an array is ``name``; a pytree's leaves are
+    ``{name}_{key}`` (``hook_out_0``, ``hook_out_1`` for a tuple). Other leaves pass through.
+
+    ``scoped=False`` ignores enclosing static :func:`layer_scope` prefixes (for names that
+    are already complete, like a module path); a traced scope still applies.
+    """
+    if not _state.stack:
+        return tree
+    absolute = not scoped and not any(not isinstance(lay, int) for _, lay, _, _ in _state.scope)
+
+    def tag(n: str, x: jax.Array) -> jax.Array:
+        return _fire(Site(n) if absolute else current_site(n), x)
+
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+        return tag(name, tree)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out = []
+    for path, leaf in leaves:
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            keys = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            leaf = tag(name + "".join(f"_{k}" for k in keys), leaf)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def is_hooked(name: str) -> bool:
@@ -207,11 +238,16 @@ def handler_scope(handler: Handler) -> Iterator[Handler]:
 
 
 @contextlib.contextmanager
-def layer_scope(prefix: str, layer: Any, n_layers: int | None = None) -> Iterator[None]:
-    """Names hooks inside the block ``{prefix}.{layer}.{name}``; ``layer`` may be traced."""
+def layer_scope(prefix: str, layer: Any, n_layers: int | None = None, *,
+                first_layer: int = 0) -> Iterator[None]:
+    """Names hooks inside the block ``{prefix}.{layer}.{name}``.
+
+    ``layer`` is an int (a Python loop over layers) or a traced int taking the values
+    ``first_layer ... first_layer + n_layers - 1`` (then ``n_layers`` is required).
+    """
     if not isinstance(layer, int) and n_layers is None:
         raise JaxinterpError("layer_scope with a traced layer index needs n_layers")
-    _state.scope.append((prefix, layer, n_layers))
+    _state.scope.append((prefix, layer, n_layers, first_layer))
     try:
         yield
     finally:
@@ -236,111 +272,3 @@ def inline_jit_scope() -> Iterator[None]:
             yield
     finally:
         _state.inline -= 1
-
-
-@contextlib.contextmanager
-def _scan_frame(prefix: str, n_layers: int) -> Iterator[_ScanFrame]:
-    frame = _ScanFrame(prefix, n_layers)
-    _state.stack.append(_Entry(None, frame, _current_trace()))
-    try:
-        yield frame
-    finally:
-        _state.stack.pop()
-
-
-def scan_layers(
-    block: Callable[[Any, Any], Any],
-    carry: Any,
-    layer_params: Any,
-    *,
-    n_layers: int,
-    prefix: str = "blocks",
-    remat: bool = False,
-    extra: Any = None,
-    unroll: int = 1,
-) -> tuple[Any, Any]:
-    """Runs ``carry = block(carry, params_l)`` for each layer under ``lax.scan``, hooks included.
-
-    Args:
-      block: ``block(carry, params_l)`` or, with ``extra``, ``block(carry, (params_l, extra_l))``;
-        returns the new carry, or ``(carry, y)`` when ``extra`` is given.
-      carry: the value threaded through the layers (e.g. the residual stream).
-      layer_params: a pytree whose leaves have a leading ``n_layers`` axis.
-      n_layers: number of layers (the scan length).
-      prefix: hook names inside read ``{prefix}.{l}.{name}``.
-      remat: rematerialise each layer in the backward pass (``jax.checkpoint``).
-      extra: optional per-layer scanned inputs (leading axis ``n_layers``); when given the
-        per-layer outputs ``y`` of ``block`` are stacked and returned.
-
-    Returns:
-      ``(carry, ys)``, with ``ys`` the stacked per-layer outputs (``None`` without ``extra``).
-    """
-    if any(not isinstance(layer, int) for _, layer, _ in _state.scope):
-        raise JaxinterpError("scan_layers cannot nest inside another scanned layer scope")
-    if n_layers == 0:
-        return carry, None
-    with_extra = extra is not None
-    # Which handler gets which emitted value: plain Python, filled in while tracing the body.
-    receivers: dict[tuple[int, str], tuple[Handler, list[int], Site]] = {}
-
-    # Under inline_jit keep the scan (one traced layer), but inline jits inside the body.
-    inline = _state.inline > 0 and jax.config.jax_disable_jit
-
-    def body(c, xs):
-        index, params = xs[0], xs[1]
-        with contextlib.ExitStack() as stack:
-            if inline:
-                stack.enter_context(jax.disable_jit())
-            frame = stack.enter_context(_scan_frame(prefix, n_layers))
-            stack.enter_context(layer_scope(prefix, index, n_layers))
-            out = block(c, (params, xs[2]) if with_extra else params)
-        c, y = out if with_extra else (out, None)
-        receivers.update(frame.receivers)
-        return c, (y, frame.emitted)
-
-    fn = jax.checkpoint(body) if remat else body
-
-    def run(carry, layer_params, extra):
-        xs = (jnp.arange(n_layers, dtype=jnp.int32), layer_params) + ((extra,) if with_extra else ())
-        return jax.lax.scan(fn, carry, xs, unroll=unroll)
-
-    with jax.disable_jit(False) if inline else contextlib.nullcontext():
-        eager = _is_eager() and not jax.config.jax_disable_jit
-        carry, (ys, emitted) = (_call_cached if eager else _call)(run, carry, layer_params, extra)
-    for key, stacked in emitted.items():
-        handler, layers, site = receivers[key]
-        for i in layers:
-            handler.receive(site.name(i), stacked[i])
-    return carry, ys
-
-
-# Eager calls: compile each distinct scan once -----------------------------------------
-# Called outside jit, lax.scan traces and compiles its body on every call (the body is a
-# fresh closure each time), about a second even for a tiny model. Keying compiled scans
-# by the text of their jaxpr makes repeated eager calls cheap: same text, same program.
-_EAGER_CACHE: collections.OrderedDict[str, Callable] = collections.OrderedDict()
-_EAGER_LOCK = threading.Lock()
-_EAGER_MAX = 32
-
-
-def _is_eager() -> bool:
-    return type(_current_trace()).__name__ == "EvalTrace"
-
-
-def _call(f: Callable, *args: Any) -> Any:
-    return f(*args)
-
-
-def _call_cached(f: Callable, *args: Any) -> Any:
-    closed, shapes = jax.make_jaxpr(f, return_shape=True)(*args)
-    key = str(closed.jaxpr)
-    with _EAGER_LOCK:
-        compiled = _EAGER_CACHE.pop(key, None)
-        if compiled is None:
-            jaxpr = closed.jaxpr
-            compiled = jax.jit(lambda consts, flat: jax.core.eval_jaxpr(jaxpr, consts, *flat))
-        _EAGER_CACHE[key] = compiled
-        while len(_EAGER_CACHE) > _EAGER_MAX:
-            _EAGER_CACHE.popitem(last=False)
-    out = compiled(list(closed.consts), jax.tree.leaves(args))
-    return jax.tree.unflatten(jax.tree.structure(shapes), out)

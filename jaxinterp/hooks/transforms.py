@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -96,41 +95,36 @@ class Cache(dict):
         return cls((k, values[k]) for k in aux.order)
 
 
-def _layer_of(name: str) -> tuple[str, int] | None:
-    """``("blocks", 3)`` for ``blocks.3.attn.hook_z``; None for names without a layer."""
-    m = re.match(r"^(.*?)(?:^|\.)(\d+)(?:\.|$)", name)
-    return None if m is None else (m.group(1), int(m.group(2)))
-
-
-def _ordered(cache: dict[str, Any], seen: dict[str, None]) -> Cache:
-    """Execution order, with each group of layered names sorted by layer."""
-    order = {n: i for i, n in enumerate(seen)}
-    start: dict[str, int] = {}
-    for n in cache:
-        lay = _layer_of(n)
-        if lay is not None:
-            start[lay[0]] = min(start.get(lay[0], len(order)), order.get(n, len(order)))
-
-    def key(name: str) -> tuple[int, int, int]:
-        i = order.get(name, len(order))
-        lay = _layer_of(name)
-        return (i, -1, i) if lay is None else (start[lay[0]], lay[1], i)
-
-    return Cache((n, cache[n]) for n in sorted(cache, key=key))
+def _ordered(cache: dict[str, Any], seen: dict[str, tuple[int, int, int]]) -> Cache:
+    """The cache sorted by the order keys a _Recorder gave the names."""
+    last = (len(seen) + 1, 0, 0)
+    return Cache((n, cache[n]) for n in sorted(cache, key=lambda n: seen.get(n, last)))
 
 
 # Handlers -----------------------------------------------------------------------------
 
 
 class _Recorder(Handler):
-    """Tracks which hook names were reached (in order), for validation and ordering."""
+    """Tracks which hook names were reached, for validation and ordering.
+
+    Each name gets an order key: its arrival count, except that the names of one scanned
+    site (``blocks.{l}.hook_x``, all layers at once) sort by (scan start, layer, arrival),
+    so a scan's cache reads ``blocks.0.*`` then ``blocks.1.*`` like the unrolled model.
+    """
 
     def __init__(self):
-        self.seen: dict[str, None] = {}
+        self.seen: dict[str, tuple[int, int, int]] = {}
+        self._scans: dict[str, int] = {}
+        self._count = 0
 
     def note(self, site: Site) -> None:
-        for n in site.names():
-            self.seen.setdefault(n, None)
+        self._count += 1
+        if not site.dynamic:
+            self.seen.setdefault(site.name(), (self._count, -1, 0))
+            return
+        start = self._scans.setdefault(site.prefix, self._count)
+        for i, n in enumerate(site.names()):
+            self.seen.setdefault(n, (start, site.first + i, self._count))
 
 
 class _Capture(_Recorder):
@@ -253,17 +247,17 @@ def hook_names(fn: Callable, *args: Any, inline_jit: bool = False, **kwargs: Any
     known = _known_names(fn)
     if known is not None:
         return known
-    seen: list[str] = []
+    seen: dict[str, tuple[int, int, int]] = {}
 
     def probe(*a):
         rec = _Capture(lambda n: False)
         with handler_scope(rec), inline_jit_scope() if inline_jit else contextlib.nullcontext():
             out = fn(*a, **kwargs)
-        seen.extend(rec.seen)
+        seen.update(rec.seen)
         return out
 
     jax.eval_shape(probe, *args)
-    return list(_ordered(dict.fromkeys(seen), dict.fromkeys(seen)))
+    return sorted(seen, key=seen.__getitem__)
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from jaxinterp.models.config import (
     llama_config,
     neox_config,
 )
-from jaxinterp.models.generate import KVCache, decode_step, generate, init_kv_cache, sample_logits
+from jaxinterp.models.generation import KVCache, decode_step, generate, init_kv_cache, sample_logits
 from jaxinterp.models.loss import lm_loss, token_losses
 from jaxinterp.models.process import (
     center_unembed,

@@ -134,7 +134,7 @@ def run_blocks(model: HookedTransformer, x, positions, mask, *, start: int = 0,
     def one(h, p):
         return C.block(cfg, p, h, positions, mask)[0]
 
-    x, _ = scan_layers(one, x, params, n_layers=stop - start, remat=remat)
+    x, _ = scan_layers(one, x, params, n_layers=stop - start, remat=remat, first_layer=start)
     return x
 
 

@@ -64,7 +64,7 @@ def attention_png(patterns: np.ndarray, labels: Sequence[str], path: str | Path,
 def sample_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
                 temperature: float = 0.0, seed: int = 0) -> list[str]:
     """Continues each prompt with the model (greedy by default) and decodes the result."""
-    from jaxinterp.models.generate import generate
+    from jaxinterp.models.generation import generate
 
     out = []
     for prompt in prompts:

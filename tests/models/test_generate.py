@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxinterp.models.generate as G
+import jaxinterp.models.generation as G
 from jaxinterp.errors import ShapeError, TokenError
 from jaxinterp.hooks import add, run_with_cache, run_with_hooks
 from jaxinterp.models.config import gpt2_config, llama_config, neox_config
-from jaxinterp.models.generate import decode_step, generate, init_kv_cache, sample_logits
+from jaxinterp.models.generation import decode_step, generate, init_kv_cache, sample_logits
 from jaxinterp.models.transformer import init_transformer
 
 SMALL = dict(d_model=32, n_layers=2, n_heads=4, d_vocab=61, n_ctx=24)
