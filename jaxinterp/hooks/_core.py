@@ -94,8 +94,9 @@ class Handler:
     def handle(self, site: Site, x: jax.Array, frames_above: list[_ScanFrame]) -> jax.Array:
         return x
 
-    def receive(self, name: str, value: jax.Array) -> None:
-        """Receives a value captured inside a scan, once the scan has finished."""
+    def receive_stacked(self, site: Site, layers: list[int], stacked: jax.Array) -> None:
+        """Receives, once the scan has finished, the per-layer values captured inside it:
+        ``stacked[i]`` is layer ``i`` of the scan; ``layers`` are those the handler wanted."""
 
 
 @dataclasses.dataclass

@@ -111,9 +111,7 @@ def scan_layers(
         carry, (ys, emitted) = (_call_cached if eager else _call)(run, carry, layer_params, extra)
     for key, stacked in emitted.items():
         handler, layers, site = receivers[key]
-        names = site.names()
-        for i in layers:
-            handler.receive(names[i], stacked[i])
+        handler.receive_stacked(site, layers, stacked)
     return carry, ys
 
 

@@ -37,6 +37,7 @@ import jax
 
 from jaxinterp.errors import HookNameError, unknown_name_message
 from jaxinterp.hooks._core import Handler, Site, handler_scope, inline_jit_scope
+from jaxinterp.hooks.cache import Cache
 from jaxinterp.hooks.interventions import Intervention, add, edit, hook_axes, patch
 
 NameSpec = str | Sequence[str] | Callable[[str], bool] | None
@@ -61,44 +62,11 @@ def _patterns(spec: NameSpec) -> list[str]:
     return patterns
 
 
-# The cache: a dict that keeps its order through jit --------------------------------
-
-
-class _Keys:
-    """Pytree aux data of a Cache: compares by key set (like a dict), keeps the order."""
-
-    def __init__(self, order: Iterable[str]):
-        self.order = tuple(order)
-        self.sorted = tuple(sorted(self.order))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Keys) and self.sorted == other.sorted
-
-    def __hash__(self) -> int:
-        return hash(self.sorted)
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class Cache(dict):
-    """A plain ``dict`` of activations that keeps execution order (``hook_embed``,
-    ``blocks.0.*``, ``blocks.1.*``, ... ``ln_final.*``) through ``jit`` and ``vmap``
-    (a plain dict comes back from ``jit`` sorted by key, ``blocks.10`` before ``blocks.2``).
-    """
-
-    def tree_flatten_with_keys(self):
-        keys = sorted(self)
-        return [(jax.tree_util.DictKey(k), self[k]) for k in keys], _Keys(self)
-
-    @classmethod
-    def tree_unflatten(cls, aux: _Keys, children):
-        values = dict(zip(aux.sorted, children, strict=True))
-        return cls((k, values[k]) for k in aux.order)
-
-
-def _ordered(cache: dict[str, Any], seen: dict[str, tuple[int, int, int]]) -> Cache:
-    """The cache sorted by the order keys a _Recorder gave the names."""
-    last = (len(seen) + 1, 0, 0)
-    return Cache((n, cache[n]) for n in sorted(cache, key=lambda n: seen.get(n, last)))
+def _ordered(capture: _Capture) -> Cache:
+    """The captured values as a Cache, names sorted by the order keys the recorder gave."""
+    last = (len(capture.seen) + 1, 0, 0)
+    names = sorted(capture.index, key=lambda n: capture.seen.get(n, last))
+    return Cache(capture.store, {n: capture.index[n] for n in names})
 
 
 # Handlers -----------------------------------------------------------------------------
@@ -131,7 +99,8 @@ class _Capture(_Recorder):
     def __init__(self, spec: NameSpec):
         super().__init__()
         self.match = _matcher(spec)
-        self.cache: dict[str, jax.Array] = {}
+        self.store: dict[str, jax.Array] = {}  # storage key -> array (stacked for layers)
+        self.index: dict[str, tuple[str, int | None, int]] = {}  # name -> Cache entry
 
     def wants(self, name: str) -> bool:
         return bool(self.match(name))
@@ -140,7 +109,8 @@ class _Capture(_Recorder):
         self.note(site)
         if not site.dynamic:
             if self.match(site.name()):
-                self.cache[site.name()] = x
+                self.store[site.name()] = x
+                self.index[site.name()] = (site.name(), None, x.ndim)
             return x
         layers = [i for i, n in enumerate(site.names()) if self.match(n)]
         if layers:
@@ -152,8 +122,15 @@ class _Capture(_Recorder):
             frames_above[-1].emit(self, site, layers, x)
         return x
 
-    def receive(self, name, value):
-        self.cache[name] = value
+    def receive_stacked(self, site, layers, stacked):
+        """One array for all captured layers of a scanned site (a gather if not all)."""
+        key = site.name("*")
+        if len(layers) < stacked.shape[0]:
+            stacked = stacked[jax.numpy.asarray(layers)]
+        self.store[key] = stacked
+        names = site.names()
+        for pos, layer in enumerate(layers):
+            self.index[names[layer]] = (key, pos, stacked.ndim - 1)
 
 
 class _Intervene(_Recorder):
@@ -228,7 +205,7 @@ def run_with_hooks(fn: Callable, *args: Any, interventions: Sequence[Interventio
             warnings.warn("run_with_cache reached no hook point." + _NOTHING_REACHED, stacklevel=2)
     if not capture:
         return out
-    return out, _ordered(outer.cache, outer.seen)
+    return out, _ordered(outer)
 
 
 def run_with_cache(fn: Callable, *args: Any, names: NameSpec = None, inline_jit: bool = False,
@@ -237,7 +214,7 @@ def run_with_cache(fn: Callable, *args: Any, names: NameSpec = None, inline_jit:
 
     ``names``: a hook name, a list of names or wildcard patterns (``blocks.*.hook_z``), a
     predicate on names, or ``None`` for every hook. Only the names asked for are kept; the
-    cache is a :class:`Cache` (a ``dict``) in execution order, layered names per layer.
+    cache is a :class:`Cache` (a read-only mapping) in execution order, layered names per layer.
     """
     return run_with_hooks(fn, *args, interventions=(), names=names, inline_jit=inline_jit, **kwargs)
 

@@ -1,5 +1,7 @@
 """Hook points and their transforms, on plain JAX functions and a tiny HookedTransformer."""
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,7 +99,7 @@ def test_names_exact_wildcard_predicate(model, toks, clean):
 
 def test_cache_names_shapes_and_order_follow_transformerlens(model, clean):
     logits, cache = clean
-    assert isinstance(cache, Cache) and isinstance(cache, dict)
+    assert isinstance(cache, Cache) and isinstance(cache, Mapping)
     assert list(cache) == model.hook_names()  # execution order, blocks.0.* before blocks.1.*
     expected = {
         "hook_embed": (B, P, D), "hook_pos_embed": (B, P, D),
