@@ -11,8 +11,9 @@ the transforms are pure functions that go inside ``jit``, ``grad`` and ``vmap``:
 
 * ``names``: an exact name, a wildcard pattern (fnmatch: ``*`` matches any characters,
   dots included; ``?`` one character), a list of them, a predicate, or ``None`` (all).
-  Only the names asked for are kept. The cache is a :class:`Cache`, a ``dict`` in
-  execution order (``hook_embed``, ``blocks.0.*``, ``blocks.1.*``, ...) even after ``jit``.
+  Only the names asked for are kept. The cache is a :class:`Cache`, a read-only mapping
+  in execution order (``hook_embed``, ``blocks.0.*``, ``blocks.1.*``, ...) even after
+  ``jit``; a scanned hook is stored once, stacked over layers (``cache.stacked(...)``).
 * Interventions (:func:`patch`, :func:`add`, :func:`edit`) are pytrees of arrays
   (``layer``, ``pos``, ``head``, sources, scales): a sweep over layers x positions x heads is
   one ``jax.vmap`` and one compilation. They apply in order; a capture sees their result.
