@@ -61,14 +61,14 @@ class LMConfig:
     attn_only: bool = False
     positional_embedding_type: str = "standard"
     # optimisation
-    steps: int = 400
+    steps: int = 800
     lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.05
     seed: int = 0
     log_every: int = 20
-    eval_every: int = 100
-    checkpoint_every: int = 100
+    eval_every: int = 200
+    checkpoint_every: int = 200
     progress: bool = True
 
     @property
