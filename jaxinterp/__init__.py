@@ -5,6 +5,7 @@ configs, the hook transforms (cache, patch, steer), and the errors jaxinterp rai
 Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.viz``) hold the rest.
 """
 
+from jaxinterp import data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
 from jaxinterp.errors import (
     CheckpointError,
     ConfigError,
@@ -31,6 +32,19 @@ from jaxinterp.hooks import (
     run_with_hooks,
     scan_layers,
 )
+from jaxinterp.interp import (
+    NamedArray,
+    accumulated_resid,
+    activation_patching,
+    attribution_patching,
+    compare_attribution,
+    decompose_resid,
+    direct_logit_attribution,
+    logit_diff,
+    logit_lens,
+    path_patching,
+    per_token_loss,
+)
 from jaxinterp.models import (
     HookedTransformer,
     TransformerConfig,
@@ -48,6 +62,23 @@ from jaxinterp.models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "NamedArray",
+    "accumulated_resid",
+    "activation_patching",
+    "attribution_patching",
+    "compare_attribution",
+    "data",
+    "decompose_resid",
+    "direct_logit_attribution",
+    "interp",
+    "io",
+    "logit_diff",
+    "logit_lens",
+    "models",
+    "path_patching",
+    "per_token_loss",
+    "train",
+    "viz",
     "Cache",
     "CheckpointError",
     "ConfigError",

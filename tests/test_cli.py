@@ -71,3 +71,9 @@ def test_train_end_to_end_and_resume(tmp_path, text_corpus, capsys):
     report = json.loads((run / "report.json").read_text())
     # Learned something: below the loss of a uniform guess over 256 bytes.
     assert report["final_loss"] < 0.95 * math.log(256)
+
+
+def test_experiment_help_lists_its_settings(capsys):
+    assert cli.main(["experiment", "ioi", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--steps" in out and "--checkpoint" in out

@@ -1,6 +1,5 @@
 """Every notebook in colab/ runs headlessly, in fast mode, so a broken notebook fails CI."""
 
-import os
 from pathlib import Path
 
 import pytest

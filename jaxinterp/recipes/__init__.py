@@ -15,6 +15,8 @@ from collections.abc import Callable
 RECIPES: dict[str, tuple[str, str, str, str]] = {
     "train-lm": ("jaxinterp.recipes.lm", "LMConfig", "train_lm",
                  "train a small transformer on the embedded corpus and write its report"),
+    "ioi": ("jaxinterp.recipes.ioi", "IOIConfig", "run_ioi",
+            "indirect object identification: patching sweeps, attribution patching, logit lens"),
 }
 
 

@@ -1,0 +1,137 @@
+"""Indirect object identification: activation patching, attribution patching and the logit lens.
+
+Trains a small transformer on synthetic IOI prompts ("When Mary and John went to the
+store, John gave a drink to" -> Mary), or loads one with ``--checkpoint``, then writes to
+``runs/<name>/``:
+
+* ``resid_sweep.png``: residual-stream patching (layer x position, denoising the ABC
+  corruption) beside its attribution-patching estimate, normalised (1 = clean behaviour);
+* ``head_sweep.png``: the same for every head's output, and the direct path of every
+  head to the logits (path patching);
+* ``logit_lens.png``: logit difference and P(IO) read from every layer's residual;
+* ``dla.png``: direct logit attribution per head;
+* ``metrics.json``, ``model.safetensors``.
+
+    jaxinterp experiment ioi                   # ~1-2 minutes on 2 CPU cores
+    JAXINTERP_FAST=1 jaxinterp experiment ioi  # a smaller, quicker run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxinterp.interp import (
+    NamedArray,
+    activation_patching,
+    attribution_patching,
+    compare_attribution,
+    direct_logit_attribution,
+    logit_lens,
+    path_patching_sweep,
+)
+from jaxinterp.interp.ioi import END_POS, ROLES, ioi_batch, ioi_config, ioi_loss, train_ioi_model
+from jaxinterp.io.weights import load_weights, save_weights
+from jaxinterp.models import init_transformer
+from jaxinterp.viz import heatmap, heatmaps, line_plot
+
+
+@dataclasses.dataclass(frozen=True)
+class IOIConfig:
+    """The IOI run. ``steps``/``layers``/``prompts`` of 0 mean the default (smaller when
+    ``JAXINTERP_FAST=1``)."""
+
+    name: str = "ioi"
+    runs_dir: str = "runs"
+    steps: int = 0
+    layers: int = 0
+    prompts: int = 0
+    checkpoint: str = ""  # weights (.safetensors/.npz) of a model with `layers` layers
+    seed: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def run_ioi(config: IOIConfig) -> dict:
+    """Trains (or loads) the model, runs the sweeps and lenses, writes ``runs/<name>/``."""
+    fast = os.environ.get("JAXINTERP_FAST") == "1"
+    args = dataclasses.replace(
+        config,
+        steps=config.steps or (400 if fast else 1000),
+        layers=config.layers or (2 if fast else 3),
+        prompts=config.prompts or (16 if fast else 64),
+    )
+    out = Path(args.runs_dir) / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = ioi_config(n_layers=args.layers)
+
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        model = load_weights(args.checkpoint, init_transformer(cfg, jax.random.key(0)))
+        train_log = []
+    else:
+        model, train_log = train_ioi_model(args.steps, seed=args.seed, cfg=cfg, runs_dir=str(out),
+                                           name="train", progress=True)
+        save_weights(out / "model.safetensors", model)
+    t_train = time.perf_counter() - t0
+
+    data = ioi_batch(args.prompts, seed=args.seed + 100)
+    metric = data.metric()
+    loss, acc = ioi_loss(model, data.clean, data.io)
+    print(f"held-out IOI: loss {float(loss):.3f}, accuracy {float(acc['accuracy']):.2%}")
+
+    t0 = time.perf_counter()
+    resid = activation_patching(model, data.clean, data.corrupted, metric, "resid_pre", pos_labels=ROLES)
+    t_sweep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    resid_attr = attribution_patching(model, data.clean, data.corrupted, metric, "resid_pre", pos_labels=ROLES)
+    t_attr = time.perf_counter() - t0
+    heads = activation_patching(model, data.clean, data.corrupted, metric, "z", by=("layer", "head"))
+    heads_attr = attribution_patching(model, data.clean, data.corrupted, metric, "z", by=("layer", "head"))
+    direct = path_patching_sweep(model, data.clean, data.corrupted, metric, "logits")
+    print(f"clean logit diff {resid.attrs['clean']:.3f}, corrupted {resid.attrs['corrupted']:.3f}")
+
+    heatmaps({"activation patching": resid.normalized(), "attribution patching": resid_attr.normalized()},
+             out / "resid_sweep.png", suptitle="IOI: residual stream (denoising S2), normalised")
+    drop = direct.values - direct.attrs["base"]
+    heatmaps({"patch head output": heads.normalized(), "attribution estimate": heads_attr.normalized(),
+              "direct path to logits (noising)": NamedArray(drop, ("layer", "head"))},
+             out / "head_sweep.png", shared_scale=False, suptitle="IOI: heads")
+
+    lens = logit_lens(model, data.clean, pos=END_POS)
+    idx = np.arange(args.prompts)
+    values = np.asarray(lens.values)
+    lens_ld = (values[:, idx, np.asarray(data.io)] - values[:, idx, np.asarray(data.s)]).mean(1)
+    p_io = np.asarray(jax.nn.softmax(lens.values, -1))[:, idx, np.asarray(data.io)].mean(1)
+    line_plot({"logit(IO) - logit(S)": lens_ld}, out / "logit_lens.png", xlabels=lens.labels["layer"],
+              ylabel="logit difference", title="logit lens at the final position")
+    line_plot({"P(IO)": p_io}, out / "logit_lens_prob.png", xlabels=lens.labels["layer"], ylabel="probability")
+    dla = direct_logit_attribution(model, data.clean, data.io, data.s)
+    heatmap(dla["heads"], out / "dla.png", title="direct logit attribution per head")
+
+    stats = {name: compare_attribution(exact, est) for name, exact, est in
+             (("resid_pre", resid, resid_attr), ("z", heads, heads_attr))}
+    top = np.dstack(np.unravel_index(np.argsort(-np.abs(np.asarray(heads.normalized())).ravel())[:3], heads.shape))[0]
+    metrics = {
+        "accuracy": float(acc["accuracy"]), "loss": float(loss),
+        "clean_logit_diff": resid.attrs["clean"], "corrupted_logit_diff": resid.attrs["corrupted"],
+        "resid_sweep_normalized": np.asarray(resid.normalized()).round(4).tolist(),
+        "attribution_vs_exact": stats, "top_heads_by_patching": top.tolist(),
+        "logit_lens_logit_diff": lens_ld.round(4).tolist(), "logit_lens_p_io": p_io.round(4).tolist(),
+        "dla_heads": np.asarray(dla["heads"]).round(4).tolist(),
+        "seconds": {"train": t_train, "resid_sweep": t_sweep, "resid_attribution": t_attr},
+        "train_log_last": train_log[-1] if train_log else None, "config": cfg.to_dict(), "fast": fast,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    print(f"attribution vs exact: resid r={stats['resid_pre']['pearson']:.3f}, heads r={stats['z']['pearson']:.3f}")
+    return {k: v for k, v in metrics.items() if k in ("accuracy", "loss", "clean_logit_diff", "corrupted_logit_diff")}
+
+

@@ -1,0 +1,129 @@
+"""Static plots (PNG) for interpretability results: sweep heatmaps and per-layer curves.
+
+``heatmap`` draws a 2-D :class:`~jaxinterp.interp.NamedArray` (a patching sweep over
+``layer x pos`` or ``layer x head``) with its axis names and tick labels (the prompt's
+tokens), centred on zero with a diverging colour map so that "restores" and "breaks" read
+at a glance. ``heatmaps`` puts several side by side on one colour scale (exact patching
+beside its attribution estimate). ``line_plot`` draws curves over layers (logit lens).
+Everything renders with the Agg backend, so it runs headless and in notebooks alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxinterp.errors import ShapeError  # noqa: E402
+
+
+def _grid(data: Any) -> tuple[np.ndarray, tuple[str, str], dict]:
+    values = np.asarray(data, dtype=np.float64)
+    if values.ndim != 2:
+        raise ShapeError(f"a heatmap needs a 2-D array, got shape {values.shape}; "
+                         "select or average the other axes first (NamedArray.sel)")
+    axes = tuple(getattr(data, "axes", ("row", "column")))
+    return values, axes, dict(getattr(data, "labels", {}) or {})
+
+
+def _ticks(ax, n: int, labels: Sequence[str] | None, axis: str) -> None:
+    if n > 64:
+        return
+    text = [str(t).replace("\n", "\\n")[:12] for t in (labels if labels is not None else range(n))]
+    if axis == "x":
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(text, rotation=90 if labels is not None else 0, fontsize=7)
+    else:
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(text, fontsize=7)
+
+
+def _draw(ax, data: Any, vmax: float, cmap: str, title: str | None,
+          xlabels: Sequence[str] | None, ylabels: Sequence[str] | None):
+    values, (ylab, xlab), labels = _grid(data)
+    im = ax.imshow(values, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.set_xlabel(xlab)
+    ax.set_ylabel(ylab)
+    _ticks(ax, values.shape[1], xlabels if xlabels is not None else labels.get(xlab), "x")
+    _ticks(ax, values.shape[0], ylabels if ylabels is not None else labels.get(ylab), "y")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return im
+
+
+def _vmax(arrays: Sequence[Any]) -> float:
+    m = max(float(np.nanmax(np.abs(np.asarray(a, np.float64)))) for a in arrays)
+    return m if m > 0 else 1.0
+
+
+def heatmap(data: Any, path: str | Path, *, title: str | None = None, cmap: str = "RdBu_r",
+            xlabels: Sequence[str] | None = None, ylabels: Sequence[str] | None = None,
+            colorbar_label: str | None = None) -> Path:
+    """Saves a 2-D array or NamedArray as a zero-centred heatmap PNG; returns the path.
+
+    Axis names and tick labels come from the NamedArray (``xlabels``/``ylabels`` override).
+    """
+    values, _, _ = _grid(data)
+    h, w = values.shape
+    fig, ax = plt.subplots(figsize=(min(2.5 + 0.32 * w, 16), min(1.8 + 0.3 * h, 12)), dpi=120)
+    im = _draw(ax, data, _vmax([values]), cmap, title, xlabels, ylabels)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if colorbar_label:
+        cb.set_label(colorbar_label)
+    return _save(fig, path)
+
+
+def heatmaps(panels: Mapping[str, Any], path: str | Path, *, cmap: str = "RdBu_r",
+             xlabels: Sequence[str] | None = None, ylabels: Sequence[str] | None = None,
+             suptitle: str | None = None, shared_scale: bool = True) -> Path:
+    """Several 2-D arrays side by side (``{title: array}``), on one colour scale by default."""
+    if not panels:
+        raise ShapeError("heatmaps needs at least one panel")
+    items = list(panels.items())
+    h, w = _grid(items[0][1])[0].shape
+    fig, axes = plt.subplots(1, len(items), squeeze=False, dpi=120,
+                             figsize=(min(len(items) * (2.5 + 0.32 * w), 24), min(2.2 + 0.3 * h, 12)))
+    vmax = _vmax([v for _, v in items])
+    for ax, (title, data) in zip(axes[0], items, strict=True):
+        im = _draw(ax, data, vmax if shared_scale else _vmax([data]), cmap, title, xlabels, ylabels)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def line_plot(curves: Mapping[str, Sequence[float]], path: str | Path, *, xlabels: Sequence[str] | None = None,
+              xlabel: str = "layer", ylabel: str = "", title: str | None = None) -> Path:
+    """Curves over a shared x axis (e.g. a token's logit-lens probability per layer)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    n = 0
+    for name, ys in curves.items():
+        ys = np.asarray(ys, np.float64)
+        n = max(n, len(ys))
+        ax.plot(np.arange(len(ys)), ys, marker="o", label=name)
+    if xlabels is not None:
+        ax.set_xticks(range(len(xlabels)))
+        ax.set_xticklabels([str(t) for t in xlabels], rotation=45, fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
