@@ -77,3 +77,18 @@ def test_experiment_help_lists_its_settings(capsys):
     assert cli.main(["experiment", "ioi", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--steps" in out and "--checkpoint" in out
+
+
+def test_train_reads_a_tfds_dataset(tmp_path):
+    """The TPU users' route: a prepared tfds (array_record) dataset by name and data_dir."""
+    from jaxinterp.data import write_tfds_text
+
+    data_dir = tmp_path / "tfds"
+    write_tfds_text(["a tiny corpus of words, repeated. " * 40] * 8, "tiny_text", data_dir)
+    args = ["train", "--name", "tfds", "--runs-dir", str(tmp_path), "--corpus", "tfds:tiny_text",
+            "--tfds-data-dir", str(data_dir), "--tokenizer", "bytes", "--seq-len", "16",
+            "--batch-size", "2", "--n-layers", "1", "--d-model", "16", "--n-heads", "2",
+            "--d-mlp", "32", "--steps", "2", "--log-every", "1", "--checkpoint-every", "0",
+            "--warmup", "1", "--no-progress"]
+    assert cli.main(args) == 0
+    assert (tmp_path / "tfds" / "report.json").exists()
