@@ -135,7 +135,7 @@ def train_lm(cfg: LMConfig) -> dict:
     run_dir = cfg.run_dir
     save_model(run_dir / "model", model, tokenizer)
     summary = write_report(cfg, model, tokenizer, result.metrics, run_dir,
-                           seconds=time.perf_counter() - start, n_tokens=int(len(tokens)))
+                           seconds=time.perf_counter() - start, tokens=tokens)
     return summary
 
 
@@ -168,7 +168,7 @@ def load_model(folder: str | Path) -> HookedTransformer:
 
 
 def write_report(cfg: LMConfig, model, tokenizer, metrics, run_dir: Path, seconds: float,
-                 n_tokens: int) -> dict:
+                 tokens: np.ndarray) -> dict:
     from jaxinterp.viz.report import attention_png, loss_curve_png, sample_text
 
     losses = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
@@ -179,14 +179,14 @@ def write_report(cfg: LMConfig, model, tokenizer, metrics, run_dir: Path, second
     probe = "The LORD said to Moses, The LORD said to Moses,"
     ids = jnp.asarray([tokenizer.encode(probe)[: cfg.seq_len]])
     _, cache = run_with_cache(model, ids, names="blocks.*.attn.hook_pattern")
-    patterns = np.stack([np.asarray(cache[f"blocks.{layer}.attn.hook_pattern"][0]) for layer in range(cfg.n_layers)])
+    patterns = np.asarray(cache.stacked("blocks.*.attn.hook_pattern"))[:, 0]  # [layer, head, q, k]
     labels = [tokenizer.decode([int(t)]) for t in ids[0]]
     attention_png(patterns, labels, run_dir / "attention.png")
     summary = {
         "final_loss": losses[-1][1] if losses else None,
         "final_eval_loss": evals[-1][1] if evals else None,
-        "unigram_entropy_nats": _unigram_entropy(n_tokens, tokenizer, cfg),
-        "steps": cfg.steps, "train_seconds": round(seconds, 1), "corpus_tokens": n_tokens,
+        "unigram_entropy_nats": _unigram_entropy(tokens, tokenizer.vocab_size),
+        "steps": cfg.steps, "train_seconds": round(seconds, 1), "corpus_tokens": int(len(tokens)),
         "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len, "samples": samples,
     }
     (run_dir / "report.json").write_text(json.dumps(summary, indent=2))
@@ -201,8 +201,8 @@ def write_report(cfg: LMConfig, model, tokenizer, metrics, run_dir: Path, second
     return summary
 
 
-def _unigram_entropy(n_tokens: int, tokenizer, cfg: LMConfig) -> float:
-    tokens = tokenize_corpus(_documents(cfg), tokenizer)
-    counts = np.bincount(np.asarray(tokens), minlength=tokenizer.vocab_size).astype(np.float64)
+def _unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy of the corpus's token frequencies: the loss of a model with no context."""
+    counts = np.bincount(np.asarray(tokens), minlength=vocab_size).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
