@@ -168,10 +168,15 @@ def hook(name: str, x: jax.Array) -> jax.Array:
     return _fire(current_site(name), x)
 
 
+def _is_array(x: Any) -> bool:
+    """An array or tracer (anything with a shape and dtype)."""
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
 def _fire(site: Site, x: jax.Array) -> jax.Array:
     stack = _state.stack
     shown = site.name() if not site.dynamic else site.name("{l}")
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+    if not _is_array(x):
         raise ShapeError(
             f"hook({shown!r}, x) needs an array, got {type(x).__name__}; tag each array leaf "
             "of a pytree under its own name"
@@ -201,12 +206,12 @@ def hook_tree(name: str, tree: Any, *, scoped: bool = True) -> Any:
     def tag(n: str, x: jax.Array) -> jax.Array:
         return _fire(Site(n) if absolute else current_site(n), x)
 
-    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
+    if _is_array(tree):
         return tag(name, tree)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     out = []
     for path, leaf in leaves:
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        if _is_array(leaf):
             keys = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path)
             leaf = tag(name + "".join(f"_{k}" for k in keys), leaf)
         out.append(leaf)
