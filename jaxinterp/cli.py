@@ -40,12 +40,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, defaults: dic
         default = defaults.get(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")
         t = _field_type(cls, f)
+        text = f.metadata.get("help", "")
+        text = f"{text} (default: {default!r})" if text else f"(default: {default!r})"
         if t is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {default})")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=t, default=None, metavar=t.__name__.upper(),
-                                help=f"(default: {default!r})")
+            parser.add_argument(flag, type=t, default=None, metavar=t.__name__.upper(), help=text)
 
 
 def build_config(cls: type, args: argparse.Namespace, defaults: dict | None = None):

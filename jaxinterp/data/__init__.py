@@ -17,7 +17,6 @@ from jaxinterp.data.corpus import (
     load_text_files,
 )
 from jaxinterp.data.synthetic import feature_importance, repeated_tokens, sparse_features
-from jaxinterp.data.tfds_source import TfdsText, open_tfds, write_tfds_text
 from jaxinterp.data.tokenizers import (
     EOS,
     ByteTokenizer,
@@ -52,3 +51,13 @@ __all__ = [
     "train_bpe",
     "write_tfds_text",
 ]
+
+_LAZY = {"TfdsText", "open_tfds", "write_tfds_text"}  # tensorflow_datasets loads on first use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from jaxinterp.data import tfds_source
+
+        return getattr(tfds_source, name)
+    raise AttributeError(f"module 'jaxinterp.data' has no attribute {name!r}")

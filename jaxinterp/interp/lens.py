@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from jaxinterp.hooks import run_with_cache
-from jaxinterp.interp.named import NamedArray
+from jaxinterp.named import NamedArray
 from jaxinterp.models.transformer import HookedTransformer, check_tokens, unembed
 
 

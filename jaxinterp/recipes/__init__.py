@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
+from typing import Any
 
 # name -> (module, config class, run function, one-line description)
 RECIPES: dict[str, tuple[str, str, str, str]] = {
@@ -18,6 +20,19 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
     "ioi": ("jaxinterp.recipes.ioi", "IOIConfig", "run_ioi",
             "indirect object identification: patching sweeps, attribution patching, logit lens"),
 }
+
+
+def flag(default: Any, help: str) -> Any:
+    """A recipe config field with its one-line ``--help`` text::
+
+        steps: int = flag(800, "optimiser updates (0: the recipe's default)")
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def is_fast(config: Any) -> bool:
+    """Whether a run should use its reduced CI sizes: ``config.fast`` or ``JAXINTERP_FAST=1``."""
+    return bool(getattr(config, "fast", False)) or os.environ.get("JAXINTERP_FAST") == "1"
 
 
 def register(name: str, module: str, config: str, run: str, doc: str) -> None:

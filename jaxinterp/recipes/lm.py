@@ -28,7 +28,6 @@ from jaxinterp.data import (
     load_corpus,
     load_text_files,
     load_tokenizer,
-    open_tfds,
     tokenize_corpus,
 )
 from jaxinterp.errors import ConfigError
@@ -80,6 +79,8 @@ def _documents(cfg: LMConfig) -> list[str]:
     if cfg.corpus == "default":
         return load_corpus("default")
     if cfg.corpus.startswith("tfds:"):
+        from jaxinterp.data.tfds_source import open_tfds
+
         return list(open_tfds(cfg.corpus[5:], data_dir=cfg.tfds_data_dir or None))
     return load_text_files([p for p in cfg.corpus.split(",") if p])
 

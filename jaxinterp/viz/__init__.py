@@ -1,5 +1,9 @@
 """Visualisation: PNG plots of sweeps and lenses (``plots``); training-run report pieces
-live in :mod:`jaxinterp.viz.report`."""
+live in :mod:`jaxinterp.viz.report`.
+
+matplotlib is imported only when something is drawn, and never through pyplot, so
+``import jaxinterp`` leaves a notebook's plotting backend alone.
+"""
 
 from jaxinterp.viz.plots import heatmap, heatmaps, line_plot
 

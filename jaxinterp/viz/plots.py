@@ -5,7 +5,8 @@
 tokens), centred on zero with a diverging colour map so that "restores" and "breaks" read
 at a glance. ``heatmaps`` puts several side by side on one colour scale (exact patching
 beside its attribution estimate). ``line_plot`` draws curves over layers (logit lens).
-Everything renders with the Agg backend, so it runs headless and in notebooks alike.
+Figures are drawn without pyplot (see :mod:`jaxinterp.viz._figure`), so they render
+headless and never change a notebook's plotting backend.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxinterp.errors import ShapeError  # noqa: E402
+from jaxinterp.errors import ShapeError
+from jaxinterp.viz._figure import figure, save
 
 
 def _grid(data: Any) -> tuple[np.ndarray, tuple[str, str], dict]:
@@ -71,12 +69,13 @@ def heatmap(data: Any, path: str | Path, *, title: str | None = None, cmap: str 
     """
     values, _, _ = _grid(data)
     h, w = values.shape
-    fig, ax = plt.subplots(figsize=(min(2.5 + 0.32 * w, 16), min(1.8 + 0.3 * h, 12)), dpi=120)
+    fig = figure((min(2.5 + 0.32 * w, 16), min(1.8 + 0.3 * h, 12)))
+    ax = fig.subplots()
     im = _draw(ax, data, _vmax([values]), cmap, title, xlabels, ylabels)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if colorbar_label:
         cb.set_label(colorbar_label)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def heatmaps(panels: Mapping[str, Any], path: str | Path, *, cmap: str = "RdBu_r",
@@ -87,21 +86,22 @@ def heatmaps(panels: Mapping[str, Any], path: str | Path, *, cmap: str = "RdBu_r
         raise ShapeError("heatmaps needs at least one panel")
     items = list(panels.items())
     h, w = _grid(items[0][1])[0].shape
-    fig, axes = plt.subplots(1, len(items), squeeze=False, dpi=120,
-                             figsize=(min(len(items) * (2.5 + 0.32 * w), 24), min(2.2 + 0.3 * h, 12)))
+    fig = figure((min(len(items) * (2.5 + 0.32 * w), 24), min(2.2 + 0.3 * h, 12)))
+    axes = fig.subplots(1, len(items), squeeze=False)
     vmax = _vmax([v for _, v in items])
     for ax, (title, data) in zip(axes[0], items, strict=True):
         im = _draw(ax, data, vmax if shared_scale else _vmax([data]), cmap, title, xlabels, ylabels)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if suptitle:
         fig.suptitle(suptitle)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def line_plot(curves: Mapping[str, Sequence[float]], path: str | Path, *, xlabels: Sequence[str] | None = None,
               xlabel: str = "layer", ylabel: str = "", title: str | None = None) -> Path:
     """Curves over a shared x axis (e.g. a token's logit-lens probability per layer)."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    fig = figure((6.5, 3.8))
+    ax = fig.subplots()
     n = 0
     for name, ys in curves.items():
         ys = np.asarray(ys, np.float64)
@@ -117,13 +117,4 @@ def line_plot(curves: Mapping[str, Sequence[float]], path: str | Path, *, xlabel
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jaxinterp.viz._figure import figure, save
 
 
 def loss_curve_png(train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, float]],
                    path: str | Path, title: str = "loss") -> Path:
     """Train (and eval) loss against step, saved as a PNG."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = figure((6, 3.5))
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train, strict=True), label="train")
     if evals:
@@ -28,10 +27,7 @@ def loss_curve_png(train: Sequence[tuple[int, float]], evals: Sequence[tuple[int
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def attention_png(patterns: np.ndarray, labels: Sequence[str], path: str | Path,
@@ -40,8 +36,8 @@ def attention_png(patterns: np.ndarray, labels: Sequence[str], path: str | Path,
     path = Path(path)
     n_layers, n_heads = patterns.shape[:2]
     n_heads = min(n_heads, max_heads)
-    fig, axes = plt.subplots(n_layers, n_heads, figsize=(2.2 * n_heads, 2.2 * n_layers + 0.4),
-                             dpi=110, squeeze=False)
+    fig = figure((2.2 * n_heads, 2.2 * n_layers + 0.4), dpi=110)
+    axes = fig.subplots(n_layers, n_heads, squeeze=False)
     ticks = [repr(t)[1:-1][:8] for t in labels]
     for layer in range(n_layers):
         for head in range(n_heads):
@@ -55,10 +51,7 @@ def attention_png(patterns: np.ndarray, labels: Sequence[str], path: str | Path,
                 ax.set_xticklabels(ticks, rotation=90, fontsize=4)
                 ax.set_yticklabels(ticks, fontsize=4)
     fig.suptitle("attention patterns (query rows, key columns)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def sample_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
