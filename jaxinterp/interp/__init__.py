@@ -31,9 +31,9 @@ from jaxinterp.interp.metrics import (
     read_positions,
     token_prob,
 )
-from jaxinterp.named import NamedArray
 from jaxinterp.interp.patching import COMPONENTS, activation_patching, patched_forward
 from jaxinterp.interp.path_patching import path_patching, path_patching_sweep
+from jaxinterp.named import NamedArray
 
 __all__ = [
     "COMPONENTS",

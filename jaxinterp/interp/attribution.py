@@ -29,10 +29,10 @@ from jaxinterp.hooks import Handler, handler_scope
 from jaxinterp.interp._fast_forward import keys_values, unembed_by_position
 from jaxinterp.interp._plan import resolve
 from jaxinterp.interp.metrics import Metric, batch_mean, check_metric, read_positions
-from jaxinterp.named import NamedArray
 from jaxinterp.interp.patching import base_and_source, check_pair
 from jaxinterp.models import components as C
 from jaxinterp.models.transformer import HookedTransformer, embed, positions_and_mask
+from jaxinterp.named import NamedArray
 
 
 class _AddDelta(Handler):

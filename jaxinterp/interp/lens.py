@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from jaxinterp.hooks import run_with_cache
-from jaxinterp.named import NamedArray
 from jaxinterp.models.transformer import HookedTransformer, check_tokens, unembed
+from jaxinterp.named import NamedArray
 
 
 def _cache(model: HookedTransformer, tokens, attention_mask, names):

@@ -37,8 +37,8 @@ from jaxinterp.hooks import patch, run_with_hooks
 from jaxinterp.interp import _fast_forward as F
 from jaxinterp.interp._plan import COMPONENTS, enumerate_targets, pack, resolve
 from jaxinterp.interp.metrics import Metric, check_metric, read_positions
-from jaxinterp.named import NamedArray
 from jaxinterp.models.transformer import HookedTransformer, check_tokens, positions_and_mask
+from jaxinterp.named import NamedArray
 
 DIRECTIONS = ("denoising", "noising")
 

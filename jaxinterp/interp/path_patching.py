@@ -32,10 +32,10 @@ from jaxinterp.errors import ShapeError
 from jaxinterp.hooks import patch, run_with_hooks
 from jaxinterp.interp._fast_forward import forward_cache, unembed_by_position
 from jaxinterp.interp.metrics import Metric, batch_mean, check_metric
-from jaxinterp.named import NamedArray
 from jaxinterp.interp.patching import base_and_source, check_index, check_pair
 from jaxinterp.models import components as C
 from jaxinterp.models.transformer import HookedTransformer
+from jaxinterp.named import NamedArray
 
 Sender = tuple[int, int | str]
 Receiver = tuple[int, int, str] | tuple[int, str] | str
