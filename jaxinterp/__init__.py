@@ -7,10 +7,12 @@ Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.viz``) h
 
 from jaxinterp import data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
 from jaxinterp.errors import (
+    ArgumentTypeError,
     CheckpointError,
     ConfigError,
     DataError,
     HookNameError,
+    IndexRangeError,
     JaxinterpError,
     NonFiniteLossError,
     ShapeError,
@@ -21,6 +23,7 @@ from jaxinterp.hooks import (
     Intervention,
     NestedTraceError,
     add,
+    checked,
     edit,
     hook,
     hook_names,
@@ -33,7 +36,6 @@ from jaxinterp.hooks import (
     scan_layers,
 )
 from jaxinterp.interp import (
-    NamedArray,
     accumulated_resid,
     activation_patching,
     attribution_patching,
@@ -45,6 +47,7 @@ from jaxinterp.interp import (
     path_patching,
     per_token_loss,
 )
+from jaxinterp.io.pretrained import from_pretrained, load_gguf, load_hf
 from jaxinterp.models import (
     HookedTransformer,
     TransformerConfig,
@@ -58,10 +61,13 @@ from jaxinterp.models import (
     process_weights,
     token_losses,
 )
+from jaxinterp.models.hook_specs import get_act_name
+from jaxinterp.named import NamedArray
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTypeError",
     "NamedArray",
     "accumulated_resid",
     "activation_patching",
@@ -84,6 +90,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "HookNameError",
+    "IndexRangeError",
     "HookedTransformer",
     "Intervention",
     "JaxinterpError",
@@ -93,6 +100,11 @@ __all__ = [
     "TokenError",
     "TransformerConfig",
     "add",
+    "checked",
+    "from_pretrained",
+    "get_act_name",
+    "load_gguf",
+    "load_hf",
     "attn_only_config",
     "edit",
     "generate",

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxinterp.hooks import hook, is_hooked
+from jaxinterp.hooks import is_hooked
 from jaxinterp.models.config import TransformerConfig
+from jaxinterp.models.hook_specs import tag
 
 
 class NormParams(eqx.Module):
@@ -64,8 +65,8 @@ def normalize(cfg: TransformerConfig, p: NormParams | None, x: Float[Array, "b p
     x = x.astype(jnp.float32)
     if cfg.normalization_type == "LN":
         x = x - x.mean(-1, keepdims=True)
-    scale = hook(f"{name}.hook_scale", jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps))
-    x = hook(f"{name}.hook_normalized", x / scale)
+    scale = tag(f"{name}.hook_scale", jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps))
+    x = tag(f"{name}.hook_normalized", x / scale)
     if p.w is not None:
         x = x * p.w.astype(jnp.float32)
     if p.b is not None:
@@ -122,12 +123,12 @@ def attention(
     written at ``cache_index`` and attention runs over the whole cache (``mask`` covers it).
     Returns the attention output and the (updated) keys and values.
     """
-    q = hook("attn.hook_q", _bias(jnp.einsum("bqd,hde->bqhe", x, p.W_Q), p.b_Q))
-    k = hook("attn.hook_k", _bias(jnp.einsum("bkd,gde->bkge", x, p.W_K), p.b_K))
-    v = hook("attn.hook_v", _bias(jnp.einsum("bkd,gde->bkge", x, p.W_V), p.b_V))
+    q = tag("attn.hook_q", _bias(jnp.einsum("bqd,hde->bqhe", x, p.W_Q), p.b_Q))
+    k = tag("attn.hook_k", _bias(jnp.einsum("bkd,gde->bkge", x, p.W_K), p.b_K))
+    v = tag("attn.hook_v", _bias(jnp.einsum("bkd,gde->bkge", x, p.W_V), p.b_V))
     if cfg.positional_embedding_type == "rotary":
-        q = hook("attn.hook_rot_q", rotary(cfg, q, positions))
-        k = hook("attn.hook_rot_k", rotary(cfg, k, positions))
+        q = tag("attn.hook_rot_q", rotary(cfg, q, positions))
+        k = tag("attn.hook_rot_k", rotary(cfg, k, positions))
     if kv is not None:
         k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
         v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), cache_index, axis=1)
@@ -135,11 +136,11 @@ def attention(
     k_h, v_h = (jnp.repeat(t, group, axis=2) if group > 1 else t for t in (k, v))
     scores = jnp.einsum("bqhe,bkhe->bhqk", q, k_h).astype(jnp.float32) / cfg.scale
     scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-    scores = hook("attn.hook_attn_scores", scores)
-    pattern = hook("attn.hook_pattern", jax.nn.softmax(scores, axis=-1)).astype(x.dtype)
-    z = hook("attn.hook_z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v_h))
+    scores = tag("attn.hook_attn_scores", scores)
+    pattern = tag("attn.hook_pattern", jax.nn.softmax(scores, axis=-1)).astype(x.dtype)
+    z = tag("attn.hook_z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v_h))
     if is_hooked("attn.hook_result"):
-        result = hook("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, p.W_O))
+        result = tag("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, p.W_O))
         out = result.sum(axis=2)
     else:
         out = jnp.einsum("bqhe,hed->bqd", z, p.W_O)
@@ -149,26 +150,26 @@ def attention(
 def mlp(cfg: TransformerConfig, p: MLPParams, x: Float[Array, "b p d"]) -> Float[Array, "b p d"]:
     """GELU/ReLU MLP, or gated (SwiGLU) when ``W_gate`` is present; hooks pre, pre_linear, post."""
     if p.W_gate is not None:
-        pre = hook("mlp.hook_pre", jnp.einsum("bpd,dm->bpm", x, p.W_gate))
-        pre_linear = hook("mlp.hook_pre_linear", _bias(jnp.einsum("bpd,dm->bpm", x, p.W_in), p.b_in))
+        pre = tag("mlp.hook_pre", jnp.einsum("bpd,dm->bpm", x, p.W_gate))
+        pre_linear = tag("mlp.hook_pre_linear", _bias(jnp.einsum("bpd,dm->bpm", x, p.W_in), p.b_in))
         post = activation(cfg.act_fn, pre) * pre_linear
     else:
-        pre = hook("mlp.hook_pre", _bias(jnp.einsum("bpd,dm->bpm", x, p.W_in), p.b_in))
+        pre = tag("mlp.hook_pre", _bias(jnp.einsum("bpd,dm->bpm", x, p.W_in), p.b_in))
         post = activation(cfg.act_fn, pre)
-    post = hook("mlp.hook_post", post)
+    post = tag("mlp.hook_post", post)
     return _bias(jnp.einsum("bpm,md->bpd", post, p.W_out), p.b_out)
 
 
 def block(cfg: TransformerConfig, p: BlockParams, x, positions, mask, kv=None, cache_index=0):
     """One transformer block (sequential, or parallel attention+MLP as in GPT-NeoX)."""
-    x = hook("hook_resid_pre", x)
+    x = tag("hook_resid_pre", x)
     attn_out, kv = attention(cfg, p.attn, normalize(cfg, p.ln1, x, "ln1"), positions, mask, kv, cache_index)
-    attn_out = hook("hook_attn_out", attn_out)
+    attn_out = tag("hook_attn_out", attn_out)
     if p.mlp is None:
-        return hook("hook_resid_post", x + attn_out), kv
+        return tag("hook_resid_post", x + attn_out), kv
     if cfg.parallel_attn_mlp:
-        mlp_out = hook("hook_mlp_out", mlp(cfg, p.mlp, normalize(cfg, p.ln2, x, "ln2")))
-        return hook("hook_resid_post", x + attn_out + mlp_out), kv
-    x = hook("hook_resid_mid", x + attn_out)
-    mlp_out = hook("hook_mlp_out", mlp(cfg, p.mlp, normalize(cfg, p.ln2, x, "ln2")))
-    return hook("hook_resid_post", x + mlp_out), kv
+        mlp_out = tag("hook_mlp_out", mlp(cfg, p.mlp, normalize(cfg, p.ln2, x, "ln2")))
+        return tag("hook_resid_post", x + attn_out + mlp_out), kv
+    x = tag("hook_resid_mid", x + attn_out)
+    mlp_out = tag("hook_mlp_out", mlp(cfg, p.mlp, normalize(cfg, p.ln2, x, "ln2")))
+    return tag("hook_resid_post", x + mlp_out), kv

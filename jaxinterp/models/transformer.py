@@ -14,7 +14,10 @@ Hook names and weight names follow TransformerLens; ``model.hook_names()`` lists
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -22,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from jaxinterp.errors import ShapeError, TokenError
-from jaxinterp.hooks import hook, scan_layers
+from jaxinterp.errors import ConfigError, ShapeError, TokenError
+from jaxinterp.hooks import scan_layers
 from jaxinterp.models import components as C
+from jaxinterp.models import tokens as tokens_lib
 from jaxinterp.models.config import TransformerConfig
+from jaxinterp.models.hook_specs import hook_names_for, tag
 
 
 class HookedTransformer(eqx.Module):
@@ -38,6 +43,37 @@ class HookedTransformer(eqx.Module):
     ln_final: C.NormParams | None = None
     W_U: Float[Array, "d v"] | None = None  # None when tied to W_E
     b_U: Float[Array, " v"] | None = None
+    # Text handling (static: the model stays a pytree of arrays), see models/tokens.py.
+    tokenizer: Any = eqx.field(static=True, default=None)
+    default_prepend_bos: bool = eqx.field(static=True, default=False)
+
+    def with_tokenizer(self, tokenizer: Any, prepend_bos: bool | None = None) -> HookedTransformer:
+        """A copy carrying ``tokenizer`` (and whether prompts get a BOS by default)."""
+        if tokenizer is not None and getattr(tokenizer, "vocab_size", 0) > self.cfg.d_vocab:
+            raise ConfigError(f"tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the "
+                              f"model's d_vocab ({self.cfg.d_vocab})")
+        bos = self.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+        return dataclasses.replace(self, tokenizer=tokenizer, default_prepend_bos=bos)
+
+    def wrap_cache(self, cache: Any) -> Any:
+        """The cache ``run_with_cache(model, ...)`` returns: one with TransformerLens's
+        residual-stream methods bound to this model (see :mod:`models.residual`)."""
+        from jaxinterp.models.residual import ActivationCache
+
+        return ActivationCache.bound(cache, self)
+
+    def to_tokens(self, text: str | Sequence[str], *, prepend_bos: bool | None = None,
+                  padding_side: str = "right") -> Int[Array, "batch pos"]:
+        """Text to ``[batch, pos]`` ids with this model's tokenizer (see :mod:`models.tokens`)."""
+        return tokens_lib.to_tokens(self, text, prepend_bos=prepend_bos, padding_side=padding_side)
+
+    def to_str_tokens(self, tokens: Any, *, prepend_bos: bool | None = None) -> list:
+        """Each token of a text or of token ids, as a string."""
+        return tokens_lib.to_str_tokens(self, tokens, prepend_bos=prepend_bos)
+
+    def to_string(self, tokens: Any) -> str | list[str]:
+        """Token ids back to text (one string per row of a ``[batch, pos]`` array)."""
+        return tokens_lib.to_string(self, tokens)
 
     # TransformerLens-style accessors over the stacked weights -----------------------
     @property
@@ -73,7 +109,7 @@ class HookedTransformer(eqx.Module):
 
     def __call__(
         self,
-        tokens: Int[Array, "batch pos"],
+        tokens: Int[Array, "batch pos"] | str | Sequence,
         attention_mask: Int[Array, "batch pos"] | None = None,
         *,
         return_type: str = "logits",
@@ -85,8 +121,10 @@ class HookedTransformer(eqx.Module):
         ``attention_mask`` (1 = real token, 0 = padding) supports left- or right-padded
         batches; positions count real tokens only, so a left-padded prompt sees the same
         positions as the unpadded one. ``remat`` recomputes each layer in the backward pass
-        to save memory when training.
+        to save memory when training. ``tokens`` may also be a string (with a tokenizer),
+        a list of ids or a 1-D array: a batch of one.
         """
+        tokens = tokens_lib.as_tokens(self, tokens)
         check_tokens(self.cfg, tokens, attention_mask)
         if return_type not in ("logits", "resid"):
             raise ValueError(f"return_type must be 'logits' or 'resid', got {return_type!r}")
@@ -114,9 +152,9 @@ def positions_and_mask(tokens, attention_mask=None):
 
 
 def embed(model: HookedTransformer, tokens, positions) -> Float[Array, "b p d"]:
-    x = hook("hook_embed", model.W_E[tokens])
+    x = tag("hook_embed", model.W_E[tokens])
     if model.cfg.positional_embedding_type == "standard":
-        x = x + hook("hook_pos_embed", model.W_pos[positions])
+        x = x + tag("hook_pos_embed", model.W_pos[positions])
     return x
 
 
@@ -165,35 +203,6 @@ def check_tokens(cfg: TransformerConfig, tokens, attention_mask=None) -> None:
         if lo < 0 or hi >= cfg.d_vocab:
             bad = hi if hi >= cfg.d_vocab else lo
             raise TokenError(f"token id {bad} is out of range for d_vocab={cfg.d_vocab}")
-
-
-def hook_names_for(cfg: TransformerConfig) -> list[str]:
-    """Every hook name of a model with this config, in execution order."""
-    names = ["hook_embed"] + (["hook_pos_embed"] if cfg.positional_embedding_type == "standard" else [])
-    norm = cfg.normalization_type is not None
-    for layer in range(cfg.n_layers):
-        b = f"blocks.{layer}."
-        names.append(b + "hook_resid_pre")
-        if norm:
-            names += [b + "ln1.hook_scale", b + "ln1.hook_normalized"]
-        names += [b + "attn.hook_q", b + "attn.hook_k", b + "attn.hook_v"]
-        if cfg.positional_embedding_type == "rotary":
-            names += [b + "attn.hook_rot_q", b + "attn.hook_rot_k"]
-        names += [b + f"attn.hook_{n}" for n in ("attn_scores", "pattern", "z", "result")]
-        names.append(b + "hook_attn_out")
-        if cfg.has_mlp:
-            if not cfg.parallel_attn_mlp:
-                names.append(b + "hook_resid_mid")
-            if norm:
-                names += [b + "ln2.hook_scale", b + "ln2.hook_normalized"]
-            names.append(b + "mlp.hook_pre")
-            if cfg.gated_mlp:
-                names.append(b + "mlp.hook_pre_linear")
-            names += [b + "mlp.hook_post", b + "hook_mlp_out"]
-        names.append(b + "hook_resid_post")
-    if cfg.final_norm and norm:
-        names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
-    return names
 
 
 # Initialisation ---------------------------------------------------------------------

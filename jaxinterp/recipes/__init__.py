@@ -30,6 +30,33 @@ def flag(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def check_config(config: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Raises ``ConfigError`` naming the flag when a size is not a positive (or non-negative) int."""
+    from jaxinterp.errors import ConfigError
+
+    for names, low, what in ((positive, 1, "a positive int"), (non_negative, 0, "an int >= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a run can use: the accelerator's, else the machine's RAM (None if unknown)."""
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - no device stats on CPU
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def is_fast(config: Any) -> bool:
     """Whether a run should use its reduced CI sizes: ``config.fast`` or ``JAXINTERP_FAST=1``."""
     return bool(getattr(config, "fast", False)) or os.environ.get("JAXINTERP_FAST") == "1"
@@ -44,7 +71,8 @@ def get(name: str) -> tuple[type, Callable]:
     if name not in RECIPES:
         from jaxinterp.errors import ConfigError, unknown_name_message
 
-        raise ConfigError(unknown_name_message("experiment", name, RECIPES))
+        raise ConfigError(unknown_name_message("experiment", name, RECIPES)
+                          + f" Experiments: {', '.join(sorted(RECIPES))}.")
     module, config, run, _ = RECIPES[name]
     mod = importlib.import_module(module)
     cls = getattr(mod, config)

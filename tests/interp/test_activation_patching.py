@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _interp_helpers import tiny
 
-from jaxinterp.errors import HookNameError, ShapeError, TokenError
+from jaxinterp.errors import HookNameError, IndexRangeError, ShapeError, TokenError
 from jaxinterp.hooks import run_with_cache
 from jaxinterp.interp import (
     COMPONENTS,
@@ -124,7 +124,7 @@ def test_bad_input_is_reported(prompts):
     with pytest.raises(TokenError):
         activation_patching(model, clean + 100, corrupted, metric)
     src = jnp.zeros(clean.shape + (32,))
-    with pytest.raises(ShapeError, match="layer 3 is out of range"):
+    with pytest.raises(IndexRangeError, match="layer 3 is out of range"):
         patched_forward(model, corrupted, src, "resid_pre", 3, pos=1)
-    with pytest.raises(ShapeError, match="head 4 is out of range"):
+    with pytest.raises(IndexRangeError, match="head 4 is out of range"):
         patched_forward(model, corrupted, jnp.zeros(clean.shape + (4, 8)), "z", 0, head=4)

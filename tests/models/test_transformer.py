@@ -108,7 +108,7 @@ def test_compiled_program_does_not_grow_with_depth(tokens):
         (jnp.array([[1, 2, 61]]), TokenError, "out of range"),
         (jnp.array([[1, -1]]), TokenError, "out of range"),
         (jnp.zeros((1, 17), jnp.int32), TokenError, "n_ctx"),
-        (jnp.zeros((4,), jnp.int32), ShapeError, "[batch, pos]"),
+        (jnp.zeros((1, 2, 4), jnp.int32), ShapeError, "[batch, pos]"),
         (jnp.zeros((1, 4), jnp.float32), ShapeError, "integers"),
     ],
 )
