@@ -132,7 +132,7 @@ class Cache(Mapping):
         if isinstance(name, tuple):
             try:
                 name = self.resolve(*name)
-            except KeyError:
+            except (KeyError, IndexError):
                 return False
         return name in self._index
 

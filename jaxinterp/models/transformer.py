@@ -209,22 +209,56 @@ def check_tokens(cfg: TransformerConfig, tokens, attention_mask=None) -> None:
 
 
 def init_transformer(cfg: TransformerConfig, key: jax.Array) -> HookedTransformer:
-    """Random weights: normal(0, init_range), output projections scaled by 1/sqrt(2 n_layers)."""
-    L, d, H, G, e, v = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_vocab
-    dtype = cfg.jnp_dtype
-    keys = iter(jax.random.split(key, 16))
-    out_scale = cfg.init_range / math.sqrt(2 * max(L, 1))
+    """Random weights: normal(0, init_range), output projections scaled by 1/sqrt(2 n_layers).
+
+    One compiled program draws every weight, each as a flat vector (eagerly, every draw
+    of a new shape compiles its own program, and XLA compiles the random-bit generator
+    for rank-4 shapes several times slower than for vectors: seconds for a tiny model).
+    """
+    if not isinstance(cfg, TransformerConfig):
+        raise ConfigError(f"init_transformer needs a TransformerConfig, got {type(cfg).__name__}")
+    return _init(cfg, key)
+
+
+def _init(cfg: TransformerConfig, key: jax.Array) -> HookedTransformer:
+    """Every weight is a slice of ONE flat normal draw. Each random-number op costs XLA
+    a large fixed compile time on CPU (more for higher ranks), and every eager op of a
+    new shape compiles its own program; so a concrete key draws once and the rest is
+    assembled on the host (the same values as under ``jit``, where this runs traced)."""
+    sizes: list[int] = []
+
+    def count(shape, std=None):
+        sizes.append(math.prod(shape))
+        return jnp.zeros(shape, cfg.jnp_dtype)
+
+    jax.eval_shape(lambda: _build(cfg, count, jnp))  # traces only: how many numbers to draw
+    flat = jax.random.normal(key, (sum(sizes),))
+    xp = jnp if isinstance(flat, jax.core.Tracer) else np
+    flat = flat if xp is jnp else np.asarray(flat)
+    offsets = iter(np.cumsum([0] + sizes[:-1]).tolist())
 
     def normal(shape, std=cfg.init_range):
-        return (std * jax.random.normal(next(keys), shape)).astype(dtype)
+        start = next(offsets)
+        return (std * flat[start:start + math.prod(shape)].reshape(shape)).astype(cfg.jnp_dtype)
+
+    model = _build(cfg, normal, xp)
+    return model if xp is jnp else jax.tree.map(jnp.asarray, model)
+
+
+def _build(cfg: TransformerConfig, normal, xp) -> HookedTransformer:
+    """The model's parameters: ``normal(shape, std)`` for weights, ``xp`` (numpy or
+    jax.numpy) for the constant ones."""
+    L, d, H, G, e, v = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_vocab
+    dtype = cfg.jnp_dtype
+    out_scale = cfg.init_range / math.sqrt(2 * max(L, 1))
 
     def zeros(shape, on=True):
-        return jnp.zeros(shape, dtype) if on else None
+        return xp.zeros(shape, dtype) if on else None
 
     def norm(shape):
         if cfg.normalization_type is None:
             return None
-        return C.NormParams(jnp.ones(shape, dtype), zeros(shape, cfg.normalization_type == "LN"))
+        return C.NormParams(xp.ones(shape, dtype), zeros(shape, cfg.normalization_type == "LN"))
 
     ab = cfg.use_attn_bias
     attn = C.AttnParams(

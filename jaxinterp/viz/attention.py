@@ -39,6 +39,14 @@ def attention_patterns(patterns: Any, tokens: Sequence[str] | None, path: str | 
       heads: which heads to draw (default all).
       title: figure title.
     """
+    fig = attention_figure(patterns, tokens, layers=layers, heads=heads, title=title, panel_size=panel_size)
+    return save(fig, path, tight=False)
+
+
+def attention_figure(patterns: Any, tokens: Sequence[str] | None, *, layers: Sequence[int] | None = None,
+                     heads: Sequence[int] | None = None, title: str | None = None,
+                     panel_size: float = 1.9) -> Any:
+    """The ``matplotlib.figure.Figure`` that :func:`attention_patterns` saves."""
     p = np.asarray(patterns, np.float32)
     if p.ndim == 3:
         p = p[None]
@@ -74,4 +82,4 @@ def attention_patterns(patterns: Any, tokens: Sequence[str] | None, path: str | 
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
     cb.set_label("attention weight (query row -> key column)", fontsize=7)
     fig.suptitle(title or "attention patterns", fontsize=9)
-    return save(fig, path, tight=False)
+    return fig
