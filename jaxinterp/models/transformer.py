@@ -5,9 +5,9 @@ Per-layer weights are stacked on a leading ``n_layers`` axis (``model.blocks.att
 has shape ``[n_layers, n_heads, d_model, d_head]``) and the blocks run under
 ``lax.scan``, so compile time does not grow with depth. The forward pass is
 
-    x = W_E[tokens] (+ W_pos[positions])        hook_embed, hook_pos_embed
-    for each layer: x = block(x)                 blocks.{l}.hook_resid_pre ... resid_post
-    logits = ln_final(x) @ W_U + b_U
+    x = W_E[tokens] * embed_scale (+ W_pos[positions])   hook_embed, hook_pos_embed
+    for each layer: x = block(x)                          blocks.{l}.hook_resid_pre ... resid_post
+    logits = soft_cap(ln_final(x) @ W_U + b_U)
 
 Hook names and weight names follow TransformerLens; ``model.hook_names()`` lists them.
 """
@@ -114,7 +114,10 @@ def positions_and_mask(tokens, attention_mask=None):
 
 
 def embed(model: HookedTransformer, tokens, positions) -> Float[Array, "b p d"]:
-    x = hook("hook_embed", model.W_E[tokens])
+    x = model.W_E[tokens]
+    if model.cfg.embed_scale != 1.0:  # in the weights' dtype, as Gemma
+        x = x * jnp.asarray(model.cfg.embed_scale, x.dtype)
+    x = hook("hook_embed", x)
     if model.cfg.positional_embedding_type == "standard":
         x = x + hook("hook_pos_embed", model.W_pos[positions])
     return x
@@ -127,22 +130,32 @@ def run_blocks(model: HookedTransformer, x, positions, mask, *, start: int = 0,
     stop = cfg.n_layers if stop is None else stop
     if not 0 <= start <= stop <= cfg.n_layers:
         raise ShapeError(f"layer range {start}:{stop} is outside 0:{cfg.n_layers}")
-    params = model.blocks
-    if (start, stop) != (0, cfg.n_layers):
-        params = jax.tree.map(lambda a: a[start:stop], params)
+    params = layer_inputs(model, start, stop)
 
-    def one(h, p):
-        return C.block(cfg, p, h, positions, mask)[0]
+    def one(h, p_spec):
+        p, spec = p_spec
+        return C.block(cfg, p, h, positions, mask, spec=spec)[0]
 
     x, _ = scan_layers(one, x, params, n_layers=stop - start, remat=remat, first_layer=start)
     return x
+
+
+def layer_inputs(model: HookedTransformer, start: int = 0, stop: int | None = None):
+    """``(blocks, specs)`` of layers ``start:stop``: the stacked weights and
+    :class:`~jaxinterp.models.components.LayerSpec` that ``scan_layers`` runs over."""
+    stop = model.cfg.n_layers if stop is None else stop
+    params = (model.blocks, C.layer_specs(model.cfg))
+    if (start, stop) != (0, model.cfg.n_layers):
+        params = jax.tree.map(lambda a: a[start:stop], params)
+    return params
 
 
 def unembed(model: HookedTransformer, x) -> Float[Array, "b p v"]:
     if model.cfg.final_norm:
         x = C.normalize(model.cfg, model.ln_final, x, "ln_final")
     logits = jnp.einsum("bpd,dv->bpv", x, model.unembed_matrix)
-    return logits if model.b_U is None else logits + model.b_U
+    logits = logits if model.b_U is None else logits + model.b_U
+    return C.soft_cap(logits, model.cfg.output_logits_soft_cap)
 
 
 # Validation, before tracing --------------------------------------------------------
@@ -168,31 +181,14 @@ def check_tokens(cfg: TransformerConfig, tokens, attention_mask=None) -> None:
 
 
 def hook_names_for(cfg: TransformerConfig) -> list[str]:
-    """Every hook name of a model with this config, in execution order."""
+    """Every hook name of a model with this config, in execution order (each block's list
+    comes from :func:`jaxinterp.models.components.block_hooks`)."""
     names = ["hook_embed"] + (["hook_pos_embed"] if cfg.positional_embedding_type == "standard" else [])
-    norm = cfg.normalization_type is not None
+    in_block = C.block_hooks(cfg)
     for layer in range(cfg.n_layers):
-        b = f"blocks.{layer}."
-        names.append(b + "hook_resid_pre")
-        if norm:
-            names += [b + "ln1.hook_scale", b + "ln1.hook_normalized"]
-        names += [b + "attn.hook_q", b + "attn.hook_k", b + "attn.hook_v"]
-        if cfg.positional_embedding_type == "rotary":
-            names += [b + "attn.hook_rot_q", b + "attn.hook_rot_k"]
-        names += [b + f"attn.hook_{n}" for n in ("attn_scores", "pattern", "z", "result")]
-        names.append(b + "hook_attn_out")
-        if cfg.has_mlp:
-            if not cfg.parallel_attn_mlp:
-                names.append(b + "hook_resid_mid")
-            if norm:
-                names += [b + "ln2.hook_scale", b + "ln2.hook_normalized"]
-            names.append(b + "mlp.hook_pre")
-            if cfg.gated_mlp:
-                names.append(b + "mlp.hook_pre_linear")
-            names += [b + "mlp.hook_post", b + "hook_mlp_out"]
-        names.append(b + "hook_resid_post")
-    if cfg.final_norm and norm:
-        names += ["ln_final.hook_scale", "ln_final.hook_normalized"]
+        names += [f"blocks.{layer}.{name}" for name in in_block]
+    if cfg.final_norm and cfg.normalization_type is not None:
+        names += C.norm_hooks("ln_final")
     return names
 
 
@@ -212,16 +208,17 @@ def init_transformer(cfg: TransformerConfig, key: jax.Array) -> HookedTransforme
     def zeros(shape, on=True):
         return jnp.zeros(shape, dtype) if on else None
 
-    def norm(shape):
-        if cfg.normalization_type is None:
+    def norm(shape, on=True, kind=cfg.normalization_type):
+        if kind is None or not on:
             return None
-        return C.NormParams(jnp.ones(shape, dtype), zeros(shape, cfg.normalization_type == "LN"))
+        return C.NormParams(jnp.ones(shape, dtype), zeros(shape, kind == "LN"))
 
     ab = cfg.use_attn_bias
     attn = C.AttnParams(
         W_Q=normal((L, H, d, e)), W_K=normal((L, G, d, e)), W_V=normal((L, G, d, e)),
         W_O=normal((L, H, e, d), out_scale),
         b_Q=zeros((L, H, e), ab), b_K=zeros((L, G, e), ab), b_V=zeros((L, G, e), ab), b_O=zeros((L, d), ab),
+        q_norm=norm((L, e), cfg.use_qk_norm, "RMS"), k_norm=norm((L, e), cfg.use_qk_norm, "RMS"),
     )
     mlp = None
     if cfg.has_mlp:
@@ -231,7 +228,9 @@ def init_transformer(cfg: TransformerConfig, key: jax.Array) -> HookedTransforme
             b_in=zeros((L, m), mb), b_out=zeros((L, d), mb),
             W_gate=normal((L, d, m)) if cfg.gated_mlp else None,
         )
-    blocks = C.BlockParams(ln1=norm((L, d)), attn=attn, ln2=norm((L, d)) if cfg.has_mlp else None, mlp=mlp)
+    post = cfg.use_normalization_before_and_after
+    blocks = C.BlockParams(ln1=norm((L, d)), attn=attn, ln2=norm((L, d), cfg.has_mlp), mlp=mlp,
+                           ln1_post=norm((L, d), post), ln2_post=norm((L, d), post and cfg.has_mlp))
     return HookedTransformer(
         cfg=cfg,
         W_E=normal((v, d)),
