@@ -169,12 +169,17 @@ def _llama_or_gemma(get: _Fields, common: dict) -> TransformerConfig:
         d_vocab=get("vocab_size"), n_ctx=get("max_position_embeddings"),
         act_fn=get.act("hidden_activation", "hidden_act", default="gelu_pytorch_tanh" if gemma else "silu"),
         normalization_type="RMS", eps=get("rms_norm_eps", 1e-6), positional_embedding_type="rotary",
-        rotary_dim=int(d_head * global_rope["factor"]), rotary_base=global_rope["theta"],
+        rotary_dim=_rotary_dim(d_head, global_rope["factor"]), rotary_base=global_rope["theta"],
         rotary_base_local=local_rope["theta"] if local_rope is not global_rope else None,
         rotary_scaling_factor=global_rope["linear"], window_size=window, attn_types=attn_types,
         n_key_value_heads=get("num_key_value_heads", H), gated_mlp=True,
         use_attn_bias=arch == "Qwen2ForCausalLM" or get("attention_bias", False),
         use_mlp_bias=False, tied_embeddings=get("tie_word_embeddings", gemma), **extra, **common)
+
+
+def _rotary_dim(d_head: int, factor: float) -> int | None:
+    """Rotary dims per head (``None``: all of them, as the presets say it)."""
+    return None if int(d_head * factor) == d_head else int(d_head * factor)
 
 
 def _attention_layout(get: _Fields, n_layers: int) -> tuple[int | None, tuple[str, ...] | None]:

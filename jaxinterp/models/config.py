@@ -295,14 +295,14 @@ def qwen3_config(d_model=1024, n_layers=28, n_heads=16, n_key_value_heads=8, d_h
             original_architecture="Qwen3ForCausalLM") | kw))
 
 
-def phi3_config(d_model=3072, n_layers=32, n_heads=32, d_mlp=8192, d_vocab=32064, n_ctx=4096,
-                window_size=2047, **kw):
+def phi3_config(d_model=3072, n_layers=32, n_heads=32, n_key_value_heads=None, d_mlp=8192,
+                d_vocab=32064, n_ctx=4096, window_size=2047, **kw):
     """Phi-3: Llama style (its fused qkv and gate_up weights are split on loading), with a
     sliding window on every layer. The defaults are Phi-3 mini 4k's shape."""
     return llama_config(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_key_value_heads=n_heads,
-        d_mlp=d_mlp, d_vocab=d_vocab, n_ctx=n_ctx, **(dict(
-            rotary_base=10000.0, tied_embeddings=False, window_size=window_size,
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+        n_key_value_heads=n_key_value_heads or n_heads, d_mlp=d_mlp, d_vocab=d_vocab, n_ctx=n_ctx,
+        **(dict(rotary_base=10000.0, tied_embeddings=False, window_size=window_size,
             original_architecture="Phi3ForCausalLM") | kw))
 
 
