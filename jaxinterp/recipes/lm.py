@@ -35,6 +35,7 @@ from jaxinterp.hooks import run_with_cache
 from jaxinterp.io.weights import save_weights
 from jaxinterp.models import HookedTransformer, TransformerConfig, init_transformer
 from jaxinterp.models.loss import lm_loss
+from jaxinterp.recipes import flag
 from jaxinterp.train import TrainConfig, train
 
 
@@ -52,6 +53,8 @@ class LMConfig:
     seq_len: int = 128
     batch_size: int = 16
     val_fraction: float = 0.02
+    loader: str = flag("numpy", "training batches: 'numpy' (TokenWindows) or 'grain' (a grain "
+                                "pipeline sharded per process; pip install 'jaxinterp[grain]')")
     # model
     n_layers: int = 2
     d_model: int = 128
@@ -109,7 +112,14 @@ def train_lm(cfg: LMConfig) -> dict:
     tokenizer = _tokenizer(cfg)
     tokens = tokenize_corpus(_documents(cfg), tokenizer)
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len * cfg.batch_size)
-    train_windows = TokenWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    if cfg.loader not in ("numpy", "grain"):
+        raise ConfigError(f"loader must be 'numpy' or 'grain', got {cfg.loader!r}")
+    if cfg.loader == "grain":
+        from jaxinterp.data.grain_source import GrainWindows
+
+        batches = GrainWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch_fn()
+    else:
+        batches = TokenWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch
     val_windows = TokenWindows(tokens[-n_val:], cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
     mcfg = model_config(cfg, tokenizer.vocab_size)
     model = init_transformer(mcfg, jax.random.key(cfg.seed))
@@ -125,7 +135,7 @@ def train_lm(cfg: LMConfig) -> dict:
 
     start = time.perf_counter()
     result = train(
-        loss_fn, model, optimizer, lambda step: jnp.asarray(train_windows.batch(step)),
+        loss_fn, model, optimizer, lambda step: jnp.asarray(batches(step)),
         TrainConfig(steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
                     eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                     name=cfg.name, runs_dir=cfg.runs_dir, progress=cfg.progress),
@@ -146,7 +156,10 @@ _NOT_IN_FINGERPRINT = ("name", "runs_dir", "steps", "log_every", "eval_every", "
 
 
 def _fingerprint(cfg: LMConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    if out["loader"] == "numpy":  # runs from before the loader existed still resume
+        del out["loader"]
+    return out
 
 
 def save_model(folder: Path, model: HookedTransformer, tokenizer) -> None:

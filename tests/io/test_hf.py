@@ -213,7 +213,7 @@ def test_rope_scaling_refused_and_rope_fields_read():
     llama = dict(architectures=["LlamaForCausalLM"], hidden_size=32, num_attention_heads=4,
                  num_hidden_layers=1, intermediate_size=64, vocab_size=50, max_position_embeddings=64)
     scaled = llama | {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}
-    with pytest.raises(ConfigError, match="'llama3' is not implemented"):
+    with pytest.raises(ConfigError, match="rope_parameters asks for rope type 'llama3', which is not implemented"):
         config_from_hf(scaled)
     with pytest.raises(ConfigError, match="rope_scaling asks for rope type 'dynamic'"):
         config_from_hf(llama | {"rope_scaling": {"type": "dynamic", "factor": 2.0}})
