@@ -37,19 +37,26 @@ from jaxinterp.errors import ShapeError
 from jaxinterp.hooks._core import Site
 
 _HEADED = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result", "hook_rot_q", "hook_rot_k")
+_HEADED_NORMS = ("q_norm", "k_norm")  # RMSNorm over d_head: [batch, pos, head, d_head or 1]
 _PATTERNS = ("hook_attn_scores", "hook_pattern")
+
+
+def _is_headed(name: str) -> bool:
+    parts = name.rsplit(".", 2)
+    return parts[-1] in _HEADED or (len(parts) > 1 and parts[-2] in _HEADED_NORMS)
 
 
 def hook_axes(name: str) -> tuple[int | None, int | None]:
     """(pos_axis, head_axis) of a hook's activation, batch first, TransformerLens layout.
 
     ``[batch, head, query_pos, key_pos]`` for attention scores and patterns, ``[batch,
-    pos, head, d]`` for q/k/v/z/result, ``[batch, pos, ...]`` otherwise.
+    pos, head, d]`` for q/k/v/z/result and the q/k norms' hooks, ``[batch, pos, ...]``
+    otherwise.
     """
     tail = name.rsplit(".", 1)[-1]
     if tail in _PATTERNS:
         return 2, 1
-    if tail in _HEADED:
+    if _is_headed(name):
         return 1, 2
     return 1, None
 
@@ -59,7 +66,7 @@ def _axes_from_end(name: str) -> tuple[int, int | None]:
     tail = name.rsplit(".", 1)[-1]
     if tail in _PATTERNS:
         return -2, -3
-    if tail in _HEADED:
+    if _is_headed(name):
         return -3, -2
     return -2, None
 

@@ -152,7 +152,9 @@ class TransformerConfig:
 
     @property
     def has_local_attn(self) -> bool:
-        return "local" in self.layer_attn_types
+        """Whether some layer's window can cut anything off (a window of ``n_ctx`` or more
+        never does, as positions stay below ``n_ctx``)."""
+        return "local" in self.layer_attn_types and self.window_size < self.n_ctx
 
     def layer_windows(self) -> np.ndarray:
         """int32[n_layers]: how many recent positions each layer's queries see (a huge

@@ -12,6 +12,7 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp.errors import ConfigError
+from jaxinterp.hooks import hook_axes
 from jaxinterp.models import (
     center_unembed,
     center_writing_weights,
@@ -95,6 +96,19 @@ def test_family_hooks_follow_transformer_lens():
         assert name in names
     gptj = set(random_model(CONFIGS["gptj"]).hook_names())
     assert "blocks.0.hook_resid_mid" not in gptj and "blocks.0.ln2.hook_normalized" in gptj
+
+
+def test_q_norm_hooks_have_position_and_head_axes():
+    """``[batch, pos, head, d_head]``: a patch at pos=2, head=1 touches exactly that slice."""
+    assert hook_axes("blocks.0.attn.q_norm.hook_normalized") == (1, 2)
+    assert hook_axes("blocks.0.attn.k_norm.hook_scale") == (1, 2)
+    model = random_model(CONFIGS["qwen3"])
+    name = "blocks.1.attn.q_norm.hook_normalized"
+    iv = ji.patch(name, 0.0, pos=2, head=1)
+    _, cache = ji.run_with_hooks(model, prompts(model.cfg, (1, 5)), interventions=[iv], names=name)
+    x = np.asarray(cache[name])
+    assert (x[:, 2, 1] == 0).all() and (np.delete(x[:, 2], 1, axis=1) != 0).all()
+    assert (x[:, [0, 1, 3, 4]] != 0).all()
 
 
 def test_local_layers_see_only_the_window_and_caps_bound():
