@@ -92,7 +92,7 @@ def uniform_spec(cfg: TransformerConfig) -> LayerSpec:
     if (windows != windows[0]).any() or (inv_freq != inv_freq[0]).any():
         raise ConfigError(
             f"{cfg.model_name}: its layers differ (attn_types {cfg.layer_attn_types}); pass each "
-            "layer's spec (components.layer_specs(cfg)[l]) to block/attention/rotary")
+            "layer's spec, jax.tree.map(lambda a: a[l], layer_specs(cfg)), to block/attention/rotary")
     return LayerSpec(jnp.asarray(windows[0]), jnp.asarray(inv_freq[0]))
 
 
