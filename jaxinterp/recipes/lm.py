@@ -54,6 +54,8 @@ class LMConfig:
     seq_len: int = flag(128, "tokens per training sequence (also the model's n_ctx)")
     batch_size: int = flag(16, "sequences per step")
     val_fraction: float = flag(0.02, "fraction of the corpus held out for eval, in (0, 0.5]")
+    loader: str = flag("numpy", "training batches: 'numpy' (TokenWindows) or 'grain' (a grain "
+                                "pipeline sharded per process; pip install 'jaxinterp[grain]')")
     # model
     n_layers: int = flag(2, "transformer layers (0: embed then unembed)")
     d_model: int = flag(128, "residual stream width")
@@ -143,7 +145,14 @@ def train_lm(cfg: LMConfig) -> dict:
     tokenizer = _tokenizer(cfg)
     tokens = tokenize_corpus(_documents(cfg), tokenizer)
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len * cfg.batch_size)
-    train_windows = TokenWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    if cfg.loader not in ("numpy", "grain"):
+        raise ConfigError(f"loader must be 'numpy' or 'grain', got {cfg.loader!r}")
+    if cfg.loader == "grain":
+        from jaxinterp.data.grain_source import GrainWindows
+
+        batches = GrainWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch_fn()
+    else:
+        batches = TokenWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch
     val_windows = TokenWindows(tokens[-n_val:], cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
     mcfg = model_config(cfg, tokenizer.vocab_size)
     model = init_transformer(mcfg, jax.random.key(cfg.seed))
@@ -159,7 +168,7 @@ def train_lm(cfg: LMConfig) -> dict:
 
     start = time.perf_counter()
     result = train(
-        loss_fn, model, optimizer, lambda step: jnp.asarray(train_windows.batch(step)),
+        loss_fn, model, optimizer, lambda step: jnp.asarray(batches(step)),
         TrainConfig(steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
                     eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                     name=cfg.name, runs_dir=cfg.runs_dir, progress=cfg.progress),
@@ -180,7 +189,10 @@ _NOT_IN_FINGERPRINT = ("name", "runs_dir", "steps", "log_every", "eval_every", "
 
 
 def _fingerprint(cfg: LMConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    if out["loader"] == "numpy":  # runs from before the loader existed still resume
+        del out["loader"]
+    return out
 
 
 def save_model(folder: Path, model: HookedTransformer, tokenizer) -> None:
