@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from jaxinterp.errors import IndexRangeError
+from jaxinterp.hooks._jax_internals import is_tracer
 
 
 class _Flag(threading.local):
@@ -35,7 +36,7 @@ _MARK = "jaxinterp: "
 
 
 def is_traced(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
+    return is_tracer(x)
 
 
 @contextlib.contextmanager

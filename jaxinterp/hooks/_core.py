@@ -37,16 +37,7 @@ import jax
 
 from jaxinterp.errors import JaxinterpError, ShapeError
 
-try:  # The trace in effect now, to catch hooks reached inside a nested jit/vmap/scan.
-    from jax._src.core import trace_ctx as _trace_ctx
-
-    def _current_trace() -> Any:
-        return _trace_ctx.trace
-
-except ImportError:  # pragma: no cover - older or newer JAX without it: skip the check.
-
-    def _current_trace() -> Any:
-        return None
+from jaxinterp.hooks._jax_internals import current_trace as _current_trace
 
 
 class NestedTraceError(JaxinterpError, RuntimeError):

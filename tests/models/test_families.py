@@ -12,7 +12,6 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp.errors import ConfigError
-from jaxinterp.hooks import hook_axes
 from jaxinterp.models import (
     center_unembed,
     center_writing_weights,
@@ -26,6 +25,7 @@ from jaxinterp.models.config import (
     phi3_config,
     qwen3_config,
 )
+from jaxinterp.models.hook_specs import spec
 
 TINY = dict(d_model=32, n_heads=4, d_vocab=61, n_ctx=24)
 CONFIGS = {  # windows of 5 cut into the 9-12 token prompts below
@@ -100,8 +100,9 @@ def test_family_hooks_follow_transformer_lens():
 
 def test_q_norm_hooks_have_position_and_head_axes():
     """``[batch, pos, head, d_head]``: a patch at pos=2, head=1 touches exactly that slice."""
-    assert hook_axes("blocks.0.attn.q_norm.hook_normalized") == (1, 2)
-    assert hook_axes("blocks.0.attn.k_norm.hook_scale") == (1, 2)
+    for name in ("blocks.0.attn.q_norm.hook_normalized", "blocks.0.attn.k_norm.hook_scale"):
+        layout = spec(name)
+        assert (layout.axis("pos"), layout.axis("head")) == (-3, -2)
     model = random_model(CONFIGS["qwen3"])
     name = "blocks.1.attn.q_norm.hook_normalized"
     iv = ji.patch(name, 0.0, pos=2, head=1)
