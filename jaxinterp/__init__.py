@@ -5,7 +5,7 @@ configs, the hook transforms (cache, patch, steer), and the errors jaxinterp rai
 Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.viz``) hold the rest.
 """
 
-from jaxinterp import data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
+from jaxinterp import interp, models
 from jaxinterp.errors import (
     ArgumentTypeError,
     CheckpointError,
@@ -65,6 +65,18 @@ from jaxinterp.models.hook_specs import get_act_name
 from jaxinterp.named import NamedArray
 
 __version__ = "0.1.0"
+
+# Sub-packages loaded on first use (``ji.train``, ``ji.viz``...), so that importing
+# jaxinterp does not pay for orbax, optax, tokenizers or matplotlib up front.
+_LAZY = ("data", "io", "train", "viz", "features")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"jaxinterp.{name}")
+    raise AttributeError(f"module 'jaxinterp' has no attribute {name!r}")
 
 __all__ = [
     "ArgumentTypeError",

@@ -36,7 +36,6 @@ from typing import Any
 import jax
 
 from jaxinterp.errors import JaxinterpError, ShapeError
-
 from jaxinterp.hooks._jax_internals import current_trace as _current_trace
 
 

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.hooks._jax_internals import is_eager, jaxpr_key
 from jaxinterp.hooks._core import (
     Handler,
     Site,
@@ -34,6 +33,7 @@ from jaxinterp.hooks._core import (
     _state,
     layer_scope,
 )
+from jaxinterp.hooks._jax_internals import is_eager, jaxpr_key
 
 
 @contextlib.contextmanager
