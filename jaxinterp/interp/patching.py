@@ -132,8 +132,7 @@ def activation_patching(
     read = read_positions(metric, clean.shape[1])
     base_m, base, base_act = _collect(model, base_tokens, am, suffix, metric, read)
     source_m, _, source_act = _collect(model, source_tokens, am, suffix, metric, read)
-    n_heads = cfg.n_kv_heads if component in ("k", "v") else cfg.n_heads
-    targets = enumerate_targets(by, cfg.n_layers, n_heads, clean.shape[1])
+    targets = enumerate_targets(by, cfg.n_layers, BY_NAME[suffix].n_heads(cfg)[0], clean.shape[1])
     ids = targets.changing(np.asarray(_sweep.changed_jit(base_act, source_act, BY_NAME[suffix])))
     chunks, index = pack(targets, clean.shape[1], chunk_size, cfg.n_layers, ids)
     out = np.full(len(targets.layer), float(base_m), np.float32)  # a no-op patch: the base metric
@@ -188,8 +187,7 @@ def patched_forward(
         raise unknown_component(component)
     suffix, headed = COMPONENTS[component]
     layer = check_index("layer", layer, model.cfg.n_layers, "n_layers")
-    n_heads = model.cfg.n_kv_heads if component in ("k", "v") else model.cfg.n_heads
-    head = check_index("head", head, n_heads, "n_heads" if component not in ("k", "v") else "n_kv_heads")
+    head = check_index("head", head, *BY_NAME[suffix].n_heads(model.cfg))
     if head is not None and not headed:
         raise ShapeError(f"component {component!r} has no head axis")
     iv = patch(f"blocks.*.{suffix}", source, pos=pos, head=head, layer=layer)

@@ -77,10 +77,8 @@ def _check_receivers(model: HookedTransformer, receivers: Sequence[Receiver]) ->
             out.append(r)
             continue
         if isinstance(r, tuple | list) and len(r) == 3 and r[2] in ("q", "k", "v"):
-            n = cfg.n_heads if r[2] == "q" else cfg.n_kv_heads
             out.append((check_index("receiver layer", r[0], cfg.n_layers, "n_layers"),
-                        check_index("receiver head", r[1], n, "n_heads" if r[2] == "q" else "n_kv_heads"),
-                        r[2]))
+                        check_index("receiver head", r[1], *BY_ALIAS[r[2]].n_heads(cfg)), r[2]))
         elif isinstance(r, tuple | list) and len(r) == 2 and r[1] == "mlp" and cfg.has_mlp:
             out.append((check_index("receiver layer", r[0], cfg.n_layers, "n_layers"), "mlp"))
         else:
