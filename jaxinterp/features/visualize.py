@@ -161,44 +161,16 @@ def visualize(model: Callable, objective: Objective | CustomObjective, *,
         check_differentiable(objective, act_shape)
     else:
         objective = check_objective(objective, act_shape)
-    div_hook = diversity_hook or objective.hook
-    optimizer = optax.adam(lr)
-
-    def activations(images):
-        _, cache = run_with_cache(model, images, names=hooks, **kwargs)
-        return cache[objective.hook], cache[div_hook]
-
-    def loss(params, obj, key):
-        images = param.image(params)
-        act, div_act = activations(transforms(key, images))
-        z = obj.surrogate(act).mean()
-        total = z - l1_weight * l1(images) - tv_weight * total_variation(images)
-        if diversity_weight:
-            total = total - diversity_weight * diversity(div_act)
-        return -total, z
-
-    def optimise_one(obj, key):
-        k_init, k_steps = jax.random.split(key)
-        params = param.init(k_init, (n_images, *shape))
-
-        def step(carry, k):
-            p, state = carry
-            (_, z), g = jax.value_and_grad(loss, has_aux=True)(p, obj, k)
-            updates, state = optimizer.update(g, state, p)
-            return (optax.apply_updates(p, updates), state), z
-
-        (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)),
-                                            jax.random.split(k_steps, steps))
-        images = param.image(params)
-        act, _ = activations(images)
-        return images, obj.value(act), obj.surrogate(act), history
+    settings = _Settings(shape, param, steps, float(lr), n_images, transforms, float(l1_weight), float(tv_weight),
+                         float(diversity_weight), tuple(hooks), diversity_hook or objective.hook,
+                         tuple(sorted(kwargs.items())))
 
     keys = jax.random.split(jax.random.key(seed), objective.n_targets)
     if vectorize:
-        out = jax.jit(jax.vmap(optimise_one))(objective, keys)
+        out = _optimise_batched(model, objective, keys, settings)
     else:
-        one = jax.jit(optimise_one)
-        parts = [one(jax.tree.map(lambda a, i=i: a[i], objective), keys[i]) for i in range(objective.n_targets)]
+        parts = [_optimise_single(model, jax.tree.map(lambda a, i=i: a[i], objective), keys[i], settings)
+                 for i in range(objective.n_targets)]
         out = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
     images, value, pre, history = jax.device_get(out)
     return Visualization(
@@ -208,3 +180,64 @@ def visualize(model: Callable, objective: Objective | CustomObjective, *,
         history=NamedArray(history, ("target", "step"), attrs={"hook": objective.hook}),
         objective=objective,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """Everything static about one optimisation: the key of its compiled program."""
+
+    shape: tuple[int, int, int]
+    param: Any
+    steps: int
+    lr: float
+    n_images: int
+    transforms: Transforms
+    l1_weight: float
+    tv_weight: float
+    diversity_weight: float
+    hooks: tuple[str, ...]
+    div_hook: str
+    model_kwargs: tuple
+
+
+def _optimise_one(model, obj, key, s: _Settings):
+    """The whole optimisation of one target: ``lax.scan`` over steps of adam."""
+    optimizer = optax.adam(s.lr)
+    kwargs = dict(s.model_kwargs)
+
+    def activations(images):
+        _, cache = run_with_cache(model, images, names=list(s.hooks), **kwargs)
+        return cache[obj.hook], cache[s.div_hook]
+
+    def loss(params, k):
+        images = s.param.image(params)
+        act, div_act = activations(s.transforms(k, images))
+        z = obj.surrogate(act).mean()
+        total = z - s.l1_weight * l1(images) - s.tv_weight * total_variation(images)
+        if s.diversity_weight:
+            total = total - s.diversity_weight * diversity(div_act)
+        return -total, z
+
+    def step(carry, k):
+        p, state = carry
+        (_, z), g = jax.value_and_grad(loss, has_aux=True)(p, k)
+        updates, state = optimizer.update(g, state, p)
+        return (optax.apply_updates(p, updates), state), z
+
+    k_init, k_steps = jax.random.split(key)
+    params = s.param.init(k_init, (s.n_images, *s.shape))
+    (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)), jax.random.split(k_steps, s.steps))
+    images = s.param.image(params)
+    act, _ = activations(images)
+    return images, obj.value(act), obj.surrogate(act), history
+
+
+@eqx.filter_jit
+def _optimise_batched(model, objective, keys, settings: _Settings):
+    """Every target at once: one compiled program (cached across calls with equal settings)."""
+    return jax.vmap(lambda o, k: _optimise_one(model, o, k, settings))(objective, keys)
+
+
+@eqx.filter_jit
+def _optimise_single(model, obj, key, settings: _Settings):
+    return _optimise_one(model, obj, key, settings)

@@ -24,6 +24,7 @@ layers); ``run_with_cache`` and every intervention work as on the transformer, a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -134,8 +135,9 @@ def check_images(cfg: ConvConfig, images) -> None:
         raise ShapeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_conv(cfg: ConvConfig, key: jax.Array) -> ConvNet:
-    """He-normal kernels (``std = sqrt(2 / fan_in)``), zero biases."""
+    """He-normal kernels (``std = sqrt(2 / fan_in)``), zero biases (one compiled program)."""
     keys = jax.random.split(key, cfg.n_layers + 1)
     W, b, c_in = [], [], cfg.in_channels
     for l, (c, k) in enumerate(zip(cfg.channels, cfg.kernel_sizes, strict=True)):

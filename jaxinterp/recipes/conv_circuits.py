@@ -116,7 +116,7 @@ def run_conv_circuits(config: ConvCircuitsConfig) -> dict:
     t_vis = time.perf_counter() - t0
     diverse = visualize(model, neuron("blocks.1.hook_pre", curve_units[:1], (model.cfg.map_size(1) // 2,) * 2,
                                       activation="relu"),
-                        steps=vis_steps, n_images=4, diversity_weight=2.0, tv_weight=0.05,
+                        steps=vis_steps, n_images=4, diversity_weight=float(np.median(c1["peak"])), tv_weight=0.05,
                         transforms=Transforms(1.0, (0.95, 1.05), 5.0), seed=config.seed)
 
     # 3. dataset examples of the chosen units, and the comparison -----------------------
