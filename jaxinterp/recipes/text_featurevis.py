@@ -170,7 +170,7 @@ def _report(out: Path, s: dict) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for r in s["rows"]:
         lines.append(f"| {r['neuron']} | {_cell(r['top_context'])}**[{_cell(r['top_token'])}]** | {r['top_activation']} | "
-                     f"{r['soft_activation']} | `{_cell(r['projected'])}` | {r['projected_activation']} | "
-                     f"`{_cell(r['search'])}` | {r['search_activation']} |")
+                     f"{r['soft_activation']} | {_cell(r['projected'])} | {r['projected_activation']} | "
+                     f"{_cell(r['search'])} | {r['search_activation']} |")
     lines += ["", "![activations](activations.png)", "", f"Wall time: {s['seconds']}"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
