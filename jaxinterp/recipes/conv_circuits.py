@@ -229,6 +229,9 @@ def _report(out: Path, s: dict) -> None:
              f"{s['block0_median_orientation_selectivity']}, best {s['block0_best_orientation_selectivity']}). "
              f"Block 1: {s['block1_units_preferring_curves']} of {s['block1_alive_units']} live channels respond more to a "
              f"curved arc than to any straight segment (curve index > 0).", "",
+             "Curve units are ranked by measured tuning (orientation selectivity over 360 degrees at their best "
+             "curvature x curve index); their top dataset examples (units.png) say what else they answer, often edges.",
+             "",
              f"Visualisations beat the top dataset example on {s['units_where_vis_beats_top_example']} of "
              f"{s['units_compared']} units (smallest ratio {s['min_vis_over_top_example']}).", "",
              "| unit | role | selectivity | OSI / curve index | preferred | visualisation | top example | ratio |",

@@ -63,9 +63,11 @@ def _model_and_tokenizer(config: TextFeatureVisConfig, fast: bool):
         lm = LMConfig(name=config.lm_run if config.lm_run != "demo" else "text_featurevis_lm",
                       runs_dir=config.runs_dir, n_layers=2, d_model=64, n_heads=4, d_mlp=256,
                       seq_len=64, steps=120 if fast else 400, eval_every=0, checkpoint_every=0, seed=config.seed)
-        print(f"no LM at {folder}; training a small one ({lm.steps} steps) in {lm.run_dir}")
-        trained = train_lm(lm)
         folder = lm.run_dir / "model"
+        if not (folder / "model.safetensors").exists():  # a small LM trained by an earlier run is reused
+            print(f"no LM at {Path(config.runs_dir) / config.lm_run}; training a small one ({lm.steps} steps) "
+                  f"in {lm.run_dir}")
+            trained = train_lm(lm)
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else default_tokenizer()
     return load_model(folder), tokenizer, folder, trained
 
