@@ -61,8 +61,8 @@ def render(kind: str, theta, *, size: int = 32, curvature=0.0, width=2.0, length
            offset=(0.0, 0.0), radius: float | None = None) -> np.ndarray:
     """Images ``[n, size, size, 1]`` (float32 in [0, 1]) of ``kind`` at each ``theta``.
 
-    ``theta``, ``curvature``, ``width``, ``radius`` and the two ``offset`` components
-    broadcast to ``[n]``. ``length`` (curves) defaults to ``0.6 * size``; ``radius``
+    ``theta``, ``curvature``, ``width`` and the two ``offset`` components broadcast to
+    ``[n]``; ``radius`` is a number or ``[n]``. ``length`` (curves) defaults to ``0.6 * size``; ``radius``
     (outlines) to ``0.3 * size``.
     """
     if kind not in KINDS:
@@ -83,7 +83,7 @@ def render(kind: str, theta, *, size: int = 32, curvature=0.0, width=2.0, length
     elif kind == "curve":
         img = _curve(py, px, theta, curvature, width, 0.6 * size if length is None else length)
     else:
-        r = 0.3 * size if radius is None else radius
+        r = 0.3 * size if radius is None else np.asarray(radius, np.float64).reshape(-1, 1, 1)
         if kind == "circle":
             img = _stroke(np.hypot(py, px) - r, width)
         else:
@@ -134,8 +134,7 @@ def shapes_dataset(n: int, *, size: int = 32, seed: int = 0, noise: float = 0.05
         for chunk in np.array_split(idx, max(1, len(idx) // 1024)):
             if len(chunk):
                 images[chunk] = render(name, theta[chunk], size=size, curvature=kappa[chunk], width=width[chunk],
-                                       offset=(offset[chunk, 0], offset[chunk, 1]), radius=None if name not in (
-                                           "circle", "square", "triangle") else float(np.median(radius[chunk])))
+                                       offset=(offset[chunk, 0], offset[chunk, 1]), radius=radius[chunk])
     images = np.clip(images + noise * rng.standard_normal(images.shape).astype(np.float32), 0, 1)
     labels = np.array([_label(KINDS[k], t) for k, t in zip(kind, theta, strict=True)], np.int32)
     return {"images": images, "labels": labels, "kind": kind.astype(np.int32), "theta": theta.astype(np.float32),

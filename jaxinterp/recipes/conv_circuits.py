@@ -40,6 +40,7 @@ from jaxinterp.features import (
     neuron,
     orientation_tuning,
     selectivity,
+    strongest_inputs,
     visualize,
 )
 from jaxinterp.models.conv import ConvConfig
@@ -146,8 +147,7 @@ def run_conv_circuits(config: ConvCircuitsConfig) -> dict:
 
     # 4. the circuit: weights from edge units (block 0) into curve units (block 1) --------
     weights = channel_weights(model, 1, src=edge_units, dst=curve_units)
-    strongest = {f"1.{u}": [int(i) for i in np.argsort(-np.asarray(model.W[1][:, :, :, u]).sum((0, 1)))[:3]]
-                 for u in curve_units}
+    strongest = {f"1.{u}": strongest_inputs(model, 1, u, k=3).attrs["channels"] for u in curve_units}
 
     _plots(out, model, data, test, lines, edges, curv[1], edge_units, curve_units, vis, examples, weights, diverse)
     summary = _summary(config, fast, train_stats, s_line, s_edge, c_idx, alive0, alive1, rows, strongest,
