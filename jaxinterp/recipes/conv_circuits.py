@@ -29,6 +29,8 @@ import json
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.features import (
@@ -43,7 +45,7 @@ from jaxinterp.features import (
     strongest_inputs,
     visualize,
 )
-from jaxinterp.models.conv import ConvConfig
+from jaxinterp.models.conv import ConvConfig, classifier_loss
 from jaxinterp.recipes import flag, is_fast
 from jaxinterp.recipes.conv_net import image_data, load_conv, save_conv, train_conv
 
@@ -78,7 +80,9 @@ def run_conv_circuits(config: ConvCircuitsConfig) -> dict:
     t_start = time.perf_counter()
     data = image_data(config.dataset, n_train, 500 if fast else 2000, size=32, seed=config.seed)
     if config.checkpoint:
-        model, train_stats = load_conv(config.checkpoint), {}
+        model = load_conv(config.checkpoint)
+        loss, acc = jax.jit(classifier_loss)(model, jnp.asarray(data["test"]["images"]), jnp.asarray(data["test"]["labels"]))
+        train_stats = {"test_accuracy": float(acc["accuracy"]), "test_loss": float(loss)}
     else:
         cfg = ConvConfig(image_size=32, channels=tuple(int(c) for c in config.channels.split(",")),
                          n_classes=len(data["classes"]))
@@ -188,8 +192,8 @@ def _plots(out, model, data, test, lines, edges, curv1, edge_units, curve_units,
     best_k = {u: 1 + int(r1[u, 1:].max(-1).argmax()) for u in curve_units}
     panels = {"block 0 edge units: edges": {f"0.{u}": np.asarray(edges.values)[u] for u in edge_units},
               "block 0 edge units: lines": {f"0.{u}": np.asarray(lines.values)[u] for u in edge_units}}
-    tuning_plot(panels, deg_e if len(deg_e) == len(deg) else deg, out / "tuning_edges.png",
-                title="measured tuning (edge angle over 360, line over 180 degrees)")
+    tuning_plot(panels, dict(zip(panels, (deg_e, deg), strict=True)), out / "tuning_edges.png",
+                title="measured tuning (edges over 360, lines over 180 degrees)")
     panels = {"block 1 curve units: curve direction": {f"1.{u} (k={kappas[best_k[u]]:g})": r1[u, best_k[u]]
                                                        for u in curve_units},
               "same units: straight segments": {f"1.{u}": r1[u, 0] for u in curve_units}}

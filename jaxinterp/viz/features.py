@@ -88,18 +88,20 @@ def weight_grid(weights, path: str | Path, *, title: str | None = None, cell: fl
     return save(fig, path, tight=False)
 
 
-def tuning_plot(panels: Mapping[str, Mapping[str, Sequence[float]]], x: Sequence[float], path: str | Path, *,
+def tuning_plot(panels: Mapping[str, Mapping[str, Sequence[float]]], x: Sequence[float] | Mapping[str, Sequence[float]],
+                path: str | Path, *,
                 xlabel: str = "orientation (degrees)", ylabel: str = "response", title: str | None = None,
                 sharey: bool = False) -> Path:
     """Small multiples: ``{panel title: {curve label: responses over x}}`` (one y scale
-    for all panels with ``sharey``)."""
+    for all panels with ``sharey``); ``x`` is shared, or ``{panel title: x}``."""
     if not panels:
         raise ShapeError("tuning_plot needs at least one panel")
     fig = figure((3.6 * len(panels), 3.2))
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=sharey)[0]
     for ax, (name, curves) in zip(axes, panels.items(), strict=True):
         for label, ys in curves.items():
-            ax.plot(np.asarray(x), np.asarray(ys, np.float64), marker=".", label=str(label))
+            xs = x[name] if isinstance(x, Mapping) else x
+            ax.plot(np.asarray(xs), np.asarray(ys, np.float64), marker=".", label=str(label))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
