@@ -49,6 +49,9 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     assert ns["smol_heads"].normalized().top(1)[0].value > 0.5
     assert (tmp_path / "runs/readme/smollm2_resid.png").exists()
 
+    # Feature visualisation: optimised inputs beat the best dataset example on every unit.
+    assert bool(ns["beats"].all())
+
     # The training snippet converges and checkpoints.
     np.testing.assert_allclose(ns["result"].params["w"], ns["target"], atol=0.05)
     assert (tmp_path / "runs/readme-fit/checkpoints").is_dir()
