@@ -19,6 +19,10 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                  "train a small transformer on the embedded corpus and write its report"),
     "ioi": ("jaxinterp.recipes.ioi", "IOIConfig", "run_ioi",
             "indirect object identification: patching sweeps, attribution patching, logit lens"),
+    "superposition": ("jaxinterp.recipes.superposition", "SuperpositionConfig", "run_superposition",
+                      "toy models of superposition: intro figure, basic results, pentagon, dimensionality, phase diagram"),
+    "double_descent": ("jaxinterp.recipes.double_descent", "DoubleDescentConfig", "run_double_descent",
+                       "superposition, memorisation and double descent: test loss against training-set size"),
 }
 
 

@@ -146,10 +146,16 @@ def make_instance_step(cfg: ToyConfig, opt: optax.GradientTransformation):
     return step
 
 
-def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int, block: int):
-    """``(state, sources, importance, keys, t0) -> (state, mean loss per instance)``: every
-    instance advanced ``length`` steps, ``block`` instances at a time (``vmap``) and the
-    blocks one after the other (``lax.map``); the instance count must divide by ``block``."""
+def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
+               blocks: tuple[int, ...]):
+    """``(states, rest, t0) -> (states, mean losses)`` for groups of instances.
+
+    ``states[g]`` is group ``g``'s ``(model, opt_state)`` and ``rest[g]`` its ``(sources,
+    importance, keys)``, every leaf with a leading instance axis. Each group is advanced
+    ``length`` steps, ``blocks[g]`` instances at a time (``vmap``), its blocks one after the
+    other (``lax.map``). Groups exist so that fixed training sets of different sizes run
+    in one program without padding the small ones to the largest.
+    """
     step = jax.vmap(make_instance_step(cfg, opt))
 
     def run_block(args, t0):
@@ -163,14 +169,17 @@ def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int, b
         state, losses = jax.lax.scan(body, state, t0 + jnp.arange(length))
         return state, losses.mean(0)
 
-    def chunk(state, sources, importance, keys, t0):
-        args = (state, sources, importance, keys)
-        n = jax.tree.leaves(keys)[0].shape[0]
+    def run_group(args, block, t0):
+        n = jax.tree.leaves(args[-1])[0].shape[0]
         if n == block:
             return run_block(args, t0)
-        blocks = jax.tree.map(lambda a: a.reshape(n // block, block, *a.shape[1:]), args)
-        out = jax.lax.map(lambda a: run_block(a, t0), blocks)
+        split = jax.tree.map(lambda a: a.reshape(n // block, block, *a.shape[1:]), args)
+        out = jax.lax.map(lambda a: run_block(a, t0), split)
         return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
+
+    def chunk(states, rest, t0):
+        outs = [run_group((s, *r), b, t0) for s, r, b in zip(states, rest, blocks, strict=True)]
+        return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
 
     return chunk
 
@@ -193,6 +202,14 @@ def _pad(tree: Any, n: int, total: int) -> Any:
     if total == n:
         return tree
     return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], total - n, 0)]), tree)
+
+
+def _groups(data: FixedDataset | None, n_inst: int) -> list[np.ndarray]:
+    """Instances that share a batch shape: all of them, or those with equal training sets."""
+    if data is None:
+        return [np.arange(n_inst)]
+    sizes = np.asarray(data.weights).sum(1).astype(int)
+    return [np.flatnonzero(sizes == s) for s in np.unique(sizes)]
 
 
 def train_toys(
@@ -230,53 +247,68 @@ def train_toys(
         raise ConfigError(f"data holds {data.x.shape[0]} training sets for {n_inst} instances.")
 
     key = jax.random.key(train.seed, impl=train.prng_impl)
-    init_keys = instance_keys(jax.random.fold_in(key, 0), n_inst)
-    data_keys = instance_keys(jax.random.fold_in(key, 1), n_inst)
-    models = init_toys(cfg, init_keys)
+    models = init_toys(cfg, instance_keys(jax.random.fold_in(key, 0), n_inst))
     opt = train.optimizer()
-    state = (models, jax.vmap(opt.init)(models))
     sources = data if data is not None else OnlineFeatures(
         jnp.asarray(p), train.batch_size, cfg.n_features, cfg.signed_inputs)
-    args = (state, sources, jnp.asarray(imp), data_keys)
+    args = ((models, jax.vmap(opt.init)(models)), sources, jnp.asarray(imp),
+            instance_keys(jax.random.fold_in(key, 1), n_inst))
 
     devices = list(jax.devices() if devices is None else devices)
     n_dev = len(devices)
-    batch = data.x.shape[1] if data is not None else train.batch_size
-    block = block_size(cfg, train, batch, math.ceil(n_inst / n_dev), devices[0].platform)
-    total = math.ceil(n_inst / (n_dev * block)) * n_dev * block
-    args = _pad(args, n_inst, total)
+    mesh = Mesh(np.array(devices), ("instance",))
+    placement = NamedSharding(mesh, P("instance")) if n_dev > 1 else devices[0]
+    groups, blocks, states, rest = _groups(data, n_inst), [], [], []
+    for idx in groups:
+        g = jax.tree.map(lambda a, idx=idx: a[idx], args)
+        batch = train.batch_size
+        if data is not None:  # this group's training sets, without the padding of larger ones
+            batch = int(np.asarray(g[1].weights).sum(1).max())
+            g = (g[0], FixedDataset(g[1].x[:, :batch], g[1].weights[:, :batch]), *g[2:])
+        block = block_size(cfg, train, batch, math.ceil(len(idx) / n_dev), devices[0].platform)
+        g = jax.device_put(_pad(g, len(idx), math.ceil(len(idx) / (n_dev * block)) * n_dev * block),
+                           placement)
+        blocks.append(block)
+        states.append(g[0])
+        rest.append(g[1:])
+    states, rest = tuple(states), tuple(rest)
 
     lengths = [train.log_every] * (train.steps // train.log_every)
     lengths += [train.steps % train.log_every] if train.steps % train.log_every else []
     t = time.perf_counter()
     t0 = jnp.asarray(0, jnp.int32)
-    mesh = Mesh(np.array(devices), ("instance",))
-    args = jax.device_put(args, NamedSharding(mesh, P("instance")) if n_dev > 1 else devices[0])
     programs = {}
     for n in set(lengths):
-        fn = make_chunk(cfg, opt, n, block)
+        fn = make_chunk(cfg, opt, n, tuple(blocks))
         if n_dev > 1:  # each device runs the program on its own slice of the instances
-            fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("instance"),) * 4 + (P(),),
+            fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("instance"), P("instance"), P()),
                                out_specs=P("instance"))
-        programs[n] = jax.jit(fn, donate_argnums=0).lower(*args, t0).compile()
+        programs[n] = jax.jit(fn, donate_argnums=0).lower(states, rest, t0).compile()
     compile_seconds = time.perf_counter() - t
 
-    state, rest = args[0], args[1:]
     history, steps_done = [], 0
     t = time.perf_counter()
     with tqdm(total=train.steps, disable=not train.progress, desc=f"{n_inst} toy models") as bar:
         for n in lengths:
-            state, loss = programs[n](state, *rest, jnp.asarray(steps_done, jnp.int32))
-            loss = np.asarray(jax.device_get(loss))[:n_inst]
+            states, losses = programs[n](states, rest, jnp.asarray(steps_done, jnp.int32))
+            loss = _ungroup(jax.device_get(losses), groups, n_inst)
             steps_done += n
             _check_finite(loss, steps_done - n, steps_done)
             history.append(loss)
             bar.update(n)
             bar.set_postfix(loss=f"{loss.mean():.4g}")
     train_seconds = time.perf_counter() - t
-    model = jax.tree.map(lambda a: np.asarray(jax.device_get(a))[:n_inst], state[0])
+    model = _ungroup(jax.device_get([s[0] for s in states]), groups, n_inst)
     return ToyRun(model, np.stack(history), np.cumsum(lengths), compile_seconds, train_seconds,
-                  n_dev, block)
+                  n_dev, max(blocks))
+
+
+def _ungroup(per_group: Any, groups: list[np.ndarray], n_inst: int) -> Any:
+    """Undoes the grouping and padding: one pytree with the instances in their given order."""
+    order = np.argsort(np.concatenate(groups))
+    trimmed = [jax.tree.map(lambda a, n=len(idx): np.asarray(a)[:n], g)
+               for g, idx in zip(per_group, groups, strict=True)]
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[order], *trimmed)
 
 
 def _check_finite(loss: np.ndarray, start: int, end: int) -> None:
