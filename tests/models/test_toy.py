@@ -15,7 +15,6 @@ import jaxinterp as ji
 from jaxinterp.errors import ConfigError, ShapeError
 from jaxinterp.models import toy
 
-
 sample = jax.jit(toy.sample_features, static_argnums=(2, 3), static_argnames="signed")
 
 

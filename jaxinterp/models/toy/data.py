@@ -13,11 +13,20 @@ number generation is most of a toy training step on a CPU). Because ``u`` is bui
 the integer bits (``bits * 2^-32``, exact for small ``bits``), values stay finely resolved
 even at ``p = 1e-4``.
 
+The words come from the Threefry-2x32 block cipher (20 rounds, the generator behind
+``jax.random``) in counter mode, keyed by two words drawn from the caller's key, and
+written out unrolled (:func:`random_words`): XLA:CPU fuses it into one loop, about 5x
+faster than ``jax.random.bits``, whose CPU lowering runs the rounds as a loop over whole
+arrays, and unlike the faster Philox keys of this JAX version it compiles in sharded
+programs (its ``mulhi`` cannot be partitioned).
+
 Hyper-parameters are checked on the host before anything is traced: probabilities must lie
 in [0, 1], importances must be finite, non-negative and one per feature.
 """
 
 from __future__ import annotations
+
+import functools
 
 import equinox as eqx
 import jax
@@ -65,6 +74,37 @@ def check_importance(importance: object, n_features: int, n_instances: int | Non
     return arr.astype(np.float32)
 
 
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(key: tuple, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 (20 rounds) of the counter pair ``(x0, x1)`` under the two-word ``key``,
+    unrolled so that XLA fuses it; equal to ``jax.extend.random.threefry_2x32``."""
+    k0, k1 = key
+    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = (x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))
+            x1 = x1 ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0, x1
+
+
+def random_words(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
+    """``uint32`` random words of ``shape``: Threefry-2x32 in counter mode (both output
+    words of each block used), keyed by two words drawn from ``key`` with its own impl."""
+    n = int(np.prod(shape))
+    if n >= 2**32:
+        raise ShapeError(f"random_words draws at most 2^32 words per key, asked for {n}.")
+    k = jax.random.bits(key, (2,), jnp.uint32)
+    counter = jax.lax.iota(jnp.uint32, (n + 1) // 2)
+    a, b = threefry2x32((k[0], k[1]), counter, jnp.zeros_like(counter))
+    return jnp.concatenate([a, b])[:n].reshape(shape)
+
+
 def sample_features(
     key: PRNGKeyArray,
     feature_probability: Float[Array, ""] | float,
@@ -75,8 +115,7 @@ def sample_features(
 ) -> Float[Array, "batch feature"]:
     """A batch of sparse features: each present with probability ``p``, then uniform in
     [0, 1] (``signed``: [-1, 1]). One random word per entry (see the module docstring)."""
-    bits = jax.random.bits(key, (batch, n_features), jnp.uint32)
-    u = bits.astype(jnp.float32) * _TWO_TO_MINUS_32
+    u = random_words(key, (batch, n_features)).astype(jnp.float32) * _TWO_TO_MINUS_32
     p = jnp.asarray(feature_probability, jnp.float32)
     value = u / jnp.maximum(p, jnp.float32(1e-30))
     if signed:
@@ -142,7 +181,12 @@ def fixed_datasets(
     for s in sizes:
         check_positive_int("training set size T", int(s))
     t_max = int(sizes.max())
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(sizes)))
-    x = jax.vmap(lambda k, q: sample_features(k, q, t_max, n_features, signed=signed))(keys, jnp.asarray(p))
+    x = np.asarray(_sample_sets(key, jnp.asarray(p), t_max, n_features, signed))
     weights = (np.arange(t_max)[None, :] < sizes[:, None]).astype(np.float32)
-    return FixedDataset(x * weights[..., None], jnp.asarray(weights))
+    return FixedDataset(x * weights[..., None], weights)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _sample_sets(key, p, t_max, n_features, signed):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(p.shape[0]))
+    return jax.vmap(lambda k, q: sample_features(k, q, t_max, n_features, signed=signed))(keys, p)

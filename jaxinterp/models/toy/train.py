@@ -13,8 +13,7 @@ device, so the host only wakes up to log. Blocks exist for the CPU's caches: a v
 all 256 instances of a ``batch 1024, n 20`` run streams ~21 MB arrays through memory for
 every element-wise op, about 3x slower than keeping a few instances' arrays in L2 for all
 their steps (``experiments/benchmarks/RESULTS_toy.md``). On accelerators a block is every
-instance. Random bits come from the counter-based Philox generator by default, which
-XLA:CPU runs about 10x faster than its threefry lowering.
+instance. The data's random bits come from a fused Threefry (:func:`random_words`).
 
 Instances are independent (``vmap`` over model, optimiser state, data source and key), so
 an instance's result is a function of ``(seed, instance index)`` alone: it does not change
@@ -27,6 +26,7 @@ to fill it) and each device runs the same program on its slice, with no communic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any
@@ -57,7 +57,7 @@ from jaxinterp.models.toy.model import (
     target,
 )
 
-PRNG_IMPLS = ("philox2x32", "threefry2x32", "rbg", "unsafe_rbg")
+PRNG_IMPLS = ("threefry2x32", "philox2x32", "rbg", "unsafe_rbg")
 CACHE_BYTES = 2 * 2**20  # per block of instances on CPU: about the L2 cache
 SCHEDULES = ("constant", "cosine")
 
@@ -74,7 +74,7 @@ class ToyTrainConfig:
     schedule: str = "constant"  # "cosine": decay to 0 after the warm-up
     seed: int = 0
     log_every: int = 500  # steps per compiled scan (and per logged loss)
-    prng_impl: str = "philox2x32"
+    prng_impl: str = "threefry2x32"  # of the keys; bulk bits: data.random_words
     instances_per_block: int = 0  # 0: cache-sized blocks on CPU, all instances elsewhere
     progress: bool = True
 
@@ -128,6 +128,16 @@ def instance_keys(key: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 3, 4))
+def _initial_state(cfg: ToyConfig, opt: optax.GradientTransformation, seed: int, prng_impl: str,
+                   n: int):
+    """Every instance's model and optimiser state, and its data key (as raw key data)."""
+    key = jax.random.key(seed, impl=prng_impl)
+    models = init_toys(cfg, instance_keys(jax.random.fold_in(key, 0), n))
+    data_keys = instance_keys(jax.random.fold_in(key, 1), n)
+    return (models, jax.vmap(opt.init)(models)), jax.random.key_data(data_keys)
+
+
 def _loss(cfg: ToyConfig, model: Toy, x, weights, importance):
     pred = jax.vmap(model)(x)
     return importance_weighted_mse(pred, target(cfg, x), importance, weights)
@@ -147,11 +157,11 @@ def make_instance_step(cfg: ToyConfig, opt: optax.GradientTransformation):
 
 
 def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
-               blocks: tuple[int, ...]):
+               blocks: tuple[int, ...], prng_impl: str = "threefry2x32"):
     """``(states, rest, t0) -> (states, mean losses)`` for groups of instances.
 
     ``states[g]`` is group ``g``'s ``(model, opt_state)`` and ``rest[g]`` its ``(sources,
-    importance, keys)``, every leaf with a leading instance axis. Each group is advanced
+    importance, key_data)`` (raw ``prng_impl`` keys), every leaf with a leading instance axis. Each group is advanced
     ``length`` steps, ``blocks[g]`` instances at a time (``vmap``), its blocks one after the
     other (``lax.map``). Groups exist so that fixed training sets of different sizes run
     in one program without padding the small ones to the largest.
@@ -159,7 +169,8 @@ def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
     step = jax.vmap(make_instance_step(cfg, opt))
 
     def run_block(args, t0):
-        state, sources, importance, keys = args
+        state, sources, importance, key_data = args
+        keys = jax.random.wrap_key_data(key_data, impl=prng_impl)
 
         def body(carry, t):
             step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
@@ -198,10 +209,10 @@ def block_size(cfg: ToyConfig, train: ToyTrainConfig, batch: int, n_local: int, 
 
 
 def _pad(tree: Any, n: int, total: int) -> Any:
-    """Repeats the last instance so the instance axis has ``total`` entries."""
+    """Repeats the last instance so the instance axis has ``total`` entries (numpy leaves)."""
     if total == n:
         return tree
-    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], total - n, 0)]), tree)
+    return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], total - n, 0)]), tree)
 
 
 def _groups(data: FixedDataset | None, n_inst: int) -> list[np.ndarray]:
@@ -246,13 +257,12 @@ def train_toys(
     if data is not None and data.x.shape[:1] != (n_inst,):
         raise ConfigError(f"data holds {data.x.shape[0]} training sets for {n_inst} instances.")
 
-    key = jax.random.key(train.seed, impl=train.prng_impl)
-    models = init_toys(cfg, instance_keys(jax.random.fold_in(key, 0), n_inst))
     opt = train.optimizer()
-    sources = data if data is not None else OnlineFeatures(
-        jnp.asarray(p), train.batch_size, cfg.n_features, cfg.signed_inputs)
-    args = ((models, jax.vmap(opt.init)(models)), sources, jnp.asarray(imp),
-            instance_keys(jax.random.fold_in(key, 1), n_inst))
+    state, key_data = jax.device_get(_initial_state(cfg, opt, train.seed, train.prng_impl, n_inst))
+    sources = data if data is not None else OnlineFeatures(p, train.batch_size, cfg.n_features,
+                                                           cfg.signed_inputs)
+    # Grouping and padding on the host (numpy): no small eager device ops to compile.
+    args = jax.tree.map(np.asarray, (state, sources, imp, key_data))
 
     devices = list(jax.devices() if devices is None else devices)
     n_dev = len(devices)
@@ -263,7 +273,7 @@ def train_toys(
         g = jax.tree.map(lambda a, idx=idx: a[idx], args)
         batch = train.batch_size
         if data is not None:  # this group's training sets, without the padding of larger ones
-            batch = int(np.asarray(g[1].weights).sum(1).max())
+            batch = int(g[1].weights.sum(1).max())
             g = (g[0], FixedDataset(g[1].x[:, :batch], g[1].weights[:, :batch]), *g[2:])
         block = block_size(cfg, train, batch, math.ceil(len(idx) / n_dev), devices[0].platform)
         g = jax.device_put(_pad(g, len(idx), math.ceil(len(idx) / (n_dev * block)) * n_dev * block),
@@ -279,7 +289,7 @@ def train_toys(
     t0 = jnp.asarray(0, jnp.int32)
     programs = {}
     for n in set(lengths):
-        fn = make_chunk(cfg, opt, n, tuple(blocks))
+        fn = make_chunk(cfg, opt, n, tuple(blocks), train.prng_impl)
         if n_dev > 1:  # each device runs the program on its own slice of the instances
             fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("instance"), P("instance"), P()),
                                out_specs=P("instance"))
