@@ -1,7 +1,7 @@
 """Superposition, Memorization, and Double Descent (Henighan et al. 2023), scaled to a CPU.
 
 The ReLU output model ``x' = ReLU(W^T W x + b)`` with m=2 hidden dimensions and n=100
-features of uniform importance, sparsity 0.97, trains full-batch (AdamW with weight decay,
+features of uniform importance, sparsity 0.97 (``--fast``: n=40, sparsity 0.925), trains full-batch (AdamW with weight decay,
 linear warm-up then cosine decay) on a fixed training set of ``T`` examples, for ``T``
 over more than two orders of magnitude and several seeds per ``T``; every run trains in
 one program (sets of different sizes run as separate groups inside it, unpadded). Then:
@@ -37,7 +37,10 @@ from jaxinterp.recipes import flag, is_fast
 from jaxinterp.viz import toy as plots
 
 SIZES = (3, 5, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024)
-FAST_SIZES = (4, 8, 16, 32, 64, 128, 512)
+# The defaults, and the --fast ones (a smaller model that shows the same curve in seconds).
+DEFAULTS = dict(n_features=100, sparsity=0.97, lr=1e-3, steps=10_000, replicas=5, sizes=SIZES)
+FAST = dict(n_features=40, sparsity=0.925, lr=1e-2, steps=3000, replicas=3,
+            sizes=(3, 6, 12, 24, 48, 96, 384))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +51,13 @@ class DoubleDescentConfig:
     runs_dir: str = flag("runs", "where run folders go")
     seed: int = flag(0, "seed of the training sets, initialisations and test sets")
     fast: bool = flag(False, "reduced sizes for CI (also JAXINTERP_FAST=1)")
-    n_features: int = flag(100, "features n")
+    n_features: int = flag(0, "features n (0: 100, 40 with --fast)")
     n_hidden: int = flag(2, "hidden dimensions m")
-    sparsity: float = flag(0.97, "probability that a feature is absent")
-    sizes: str = flag("", "training-set sizes T, comma separated (default 3 ... 1024)")
-    replicas: int = flag(0, "seeds per T, averaged (0: 5, 2 with --fast)")
+    sparsity: float = flag(-1.0, "probability that a feature is absent (-1: 0.97, 0.925 with --fast)")
+    sizes: str = flag("", "training-set sizes T, comma separated (default 3 ... 1024; 3 ... 384 with --fast)")
+    replicas: int = flag(0, "seeds per T, averaged (0: 5, 3 with --fast)")
     steps: int = flag(0, "full-batch AdamW steps (0: 10000, 3000 with --fast)")
-    lr: float = flag(1e-3, "peak learning rate")
+    lr: float = flag(0.0, "peak learning rate (0: 1e-3, 1e-2 with --fast)")
     weight_decay: float = flag(1e-2, "AdamW weight decay")
     warmup: float = flag(0.05, "fraction of steps of linear warm-up before the cosine decay")
     test_examples: int = flag(20_000, "fresh examples for each test loss")
@@ -65,9 +68,9 @@ class DoubleDescentConfig:
         return Path(self.runs_dir) / self.name
 
 
-def _sizes(config: DoubleDescentConfig, fast: bool) -> np.ndarray:
+def _sizes(config: DoubleDescentConfig, default: tuple[int, ...]) -> np.ndarray:
     if not config.sizes:
-        return np.asarray(FAST_SIZES if fast else SIZES)
+        return np.asarray(default)
     try:
         sizes = np.asarray([int(s) for s in config.sizes.split(",")])
     except ValueError:
@@ -80,9 +83,13 @@ def _sizes(config: DoubleDescentConfig, fast: bool) -> np.ndarray:
 def run_double_descent(config: DoubleDescentConfig) -> dict:
     """Trains every (T, seed) model as one program, measures test loss, draws, writes."""
     fast = is_fast(config)
-    T = _sizes(config, fast)
-    reps = config.replicas or (2 if fast else 5)
-    steps = config.steps or (3000 if fast else 10_000)
+    d = FAST if fast else DEFAULTS
+    config = dataclasses.replace(
+        config, n_features=config.n_features or d["n_features"], lr=config.lr or d["lr"],
+        sparsity=d["sparsity"] if config.sparsity == -1.0 else config.sparsity,
+        steps=config.steps or d["steps"], replicas=config.replicas or d["replicas"])
+    T = _sizes(config, d["sizes"])
+    reps, steps = config.replicas, config.steps
     cfg = toy.ToyConfig(config.n_features, config.n_hidden, "relu")
     if not 0 <= config.warmup <= 1:
         raise ConfigError(f"warmup is a fraction of the steps in [0, 1], got {config.warmup!r}.")
@@ -94,7 +101,7 @@ def run_double_descent(config: DoubleDescentConfig) -> dict:
                                seed=config.seed, log_every=min(500, steps), progress=config.progress)
     out = config.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config) | {"sizes": T.tolist()}, indent=1))
 
     t0 = time.perf_counter()
     key = jax.random.key(config.seed)

@@ -47,7 +47,7 @@ class SuperpositionConfig:
     seed: int = flag(0, "seed of every model's initialisation and data")
     fast: bool = flag(False, "reduced sizes for CI (also JAXINTERP_FAST=1)")
     steps: int = flag(0, "AdamW steps per model (0: 10000, 3000 with --fast)")
-    batch_size: int = flag(1024, "fresh examples per step")
+    batch_size: int = flag(0, "fresh examples per step (0: 1024, 512 with --fast)")
     lr: float = flag(1e-3, "AdamW learning rate")
     replicas: int = flag(0, "seeds per pentagon / phase-diagram cell, lowest loss kept (0: 8 and 6)")
     progress: bool = flag(True, "progress bars")
@@ -58,7 +58,8 @@ class SuperpositionConfig:
 
 
 def _train(cfg, p, importance, config: SuperpositionConfig, steps: int, seed_offset: int):
-    train = toy.ToyTrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+    batch = config.batch_size or (512 if is_fast(config) else 1024)
+    train = toy.ToyTrainConfig(steps=steps, batch_size=batch, lr=config.lr,
                                seed=config.seed * 1000 + seed_offset, progress=config.progress,
                                log_every=min(500, steps))
     return toy.train_toys(cfg, np.asarray(p, np.float32), importance, train)

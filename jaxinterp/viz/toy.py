@@ -214,6 +214,7 @@ def test_loss_curve(sizes: Any, test_loss: Any, path: str | Path, *, train_loss:
     ax.annotate(f"peak T={int(T[peak])}", (T[peak], y[peak]), textcoords="offset points",
                 xytext=(8, 6), fontsize=8)
     ax.set_xscale("log")
+    ax.set_yscale("log")  # one overfitting seed can be 10x the others
     ax.set_xlabel("training-set size T")
     ax.set_ylabel("test loss")
     ax.legend(fontsize=7)

@@ -63,7 +63,7 @@ def test_double_descent_curve_has_an_interior_maximum():
     reps, n, p = 3, 40, 0.075
     probs, sizes = np.full(T.size * reps, p), np.repeat(T, reps)
     data = toy.fixed_datasets(jax.random.key(1000), probs, sizes, n)
-    train = toy.ToyTrainConfig(steps=3000, lr=3e-3, weight_decay=1e-2, warmup_steps=150,
+    train = toy.ToyTrainConfig(steps=3000, lr=1e-2, weight_decay=1e-2, warmup_steps=150,
                                schedule="cosine", progress=False)
     cfg = toy.ToyConfig(n, 2)
     run = toy.train_toys(cfg, probs, np.ones(n), train, data=data)
@@ -71,7 +71,7 @@ def test_double_descent_curve_has_an_interior_maximum():
     curve = test.reshape(T.size, reps).mean(1)
     peak = int(np.argmax(curve))
     assert 0 < peak < T.size - 1, curve
-    assert curve[peak] > 1.1 * max(curve[0], curve[-1]), curve
+    assert curve[peak] > 1.3 * max(curve[0], curve[-1]), curve
     assert curve[-1] < p / 3  # generalising: better than outputting zero
     train_loss = run.final_loss.reshape(T.size, reps).mean(1)
     assert train_loss[0] < 1e-4 < train_loss[-1]  # memorising: the small set is fit exactly
