@@ -14,3 +14,5 @@ def test_readme_snippets_run():
     for block in runnable:
         exec(compile(block, "README.md", "exec"), namespace)
     assert namespace["effects"].shape[0] == namespace["cfg"].n_layers
+    toy = namespace["toy"]  # the toy-model snippet: dense keeps 2 features, sparse all 5
+    assert list(toy.n_represented(namespace["run"].model)) == [2, 5]

@@ -94,15 +94,16 @@ def threefry2x32(key: tuple, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, j
 
 
 def random_words(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
-    """``uint32`` random words of ``shape``: Threefry-2x32 in counter mode (both output
-    words of each block used), keyed by two words drawn from ``key`` with its own impl."""
+    """``uint32`` random words of ``shape``: Threefry-2x32 in counter mode, word ``i`` the
+    first output for counter ``(i, 0)``, keyed by two words drawn from ``key`` with its own
+    impl. (One output per counter: a fused kernel computes each output element's rounds
+    on its own, so using both words would not save work, and this lets the sampler fuse.)"""
     n = int(np.prod(shape))
     if n >= 2**32:
         raise ShapeError(f"random_words draws at most 2^32 words per key, asked for {n}.")
     k = jax.random.bits(key, (2,), jnp.uint32)
-    counter = jax.lax.iota(jnp.uint32, (n + 1) // 2)
-    a, b = threefry2x32((k[0], k[1]), counter, jnp.zeros_like(counter))
-    return jnp.concatenate([a, b])[:n].reshape(shape)
+    counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
+    return threefry2x32((k[0], k[1]), counter, jnp.zeros_like(counter))[0]
 
 
 def sample_features(
@@ -120,7 +121,9 @@ def sample_features(
     value = u / jnp.maximum(p, jnp.float32(1e-30))
     if signed:
         value = 2.0 * value - 1.0
-    return jnp.where(u <= p, value, 0.0)
+    # Materialise the batch once: left alone, XLA fuses the generator into every consumer
+    # of x and runs its 20 rounds again in each.
+    return jax.lax.optimization_barrier(jnp.where(u <= p, value, 0.0))
 
 
 def sample_features_two_draws(
