@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -95,6 +96,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; a :class:`~jaxinterp.errors.JaxinterpError` (bad settings, bad
+    data) prints ``error: ...`` and returns 2 (``JAXINTERP_DEBUG=1``: the traceback)."""
+    from jaxinterp.errors import JaxinterpError
+
+    try:
+        return _main(argv)
+    except JaxinterpError as e:
+        if os.environ.get("JAXINTERP_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     args, rest = parser.parse_known_args(argv)

@@ -63,6 +63,19 @@ class DoubleDescentConfig:
     test_examples: int = flag(20_000, "fresh examples for each test loss")
     progress: bool = flag(True, "progress bars")
 
+    def __post_init__(self) -> None:
+        for name in ("n_features", "replicas", "steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: the default), got {getattr(self, name)!r}.")
+        toy.ToyConfig(self.n_features or 1, self.n_hidden)  # a positive number of hidden dimensions
+        if self.sparsity != -1.0:
+            toy.check_probabilities(self.sparsity, "sparsity")
+        toy.ToyTrainConfig(lr=self.lr or 1.0, weight_decay=self.weight_decay)  # finite, >= 0
+        if not 0 <= self.warmup <= 1:  # NaN fails too
+            raise ConfigError(f"warmup is a fraction of the steps in [0, 1], got {self.warmup!r}.")
+        if self.test_examples <= 0:
+            raise ConfigError(f"test_examples must be positive, got {self.test_examples!r}.")
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
@@ -91,8 +104,6 @@ def run_double_descent(config: DoubleDescentConfig) -> dict:
     T = _sizes(config, d["sizes"])
     reps, steps = config.replicas, config.steps
     cfg = toy.ToyConfig(config.n_features, config.n_hidden, "relu")
-    if not 0 <= config.warmup <= 1:
-        raise ConfigError(f"warmup is a fraction of the steps in [0, 1], got {config.warmup!r}.")
     p = np.full(T.size * reps, 1 - toy.check_probabilities(config.sparsity, "sparsity"))
     sizes = np.repeat(T, reps)
     importance = np.ones(cfg.n_features, np.float32)

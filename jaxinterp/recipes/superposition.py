@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxinterp.errors import ConfigError
 from jaxinterp.models import toy
 from jaxinterp.recipes import flag, is_fast
 from jaxinterp.viz import toy as plots
@@ -51,6 +52,12 @@ class SuperpositionConfig:
     lr: float = flag(1e-3, "AdamW learning rate")
     replicas: int = flag(0, "seeds per pentagon / phase-diagram cell, lowest loss kept (0: 8 and 6)")
     progress: bool = flag(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "replicas"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: the default), got {getattr(self, name)!r}.")
+        toy.ToyTrainConfig(lr=self.lr)  # a positive, finite learning rate
 
     @property
     def run_dir(self) -> Path:

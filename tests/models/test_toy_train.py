@@ -59,7 +59,7 @@ def test_five_sparse_features_in_two_dimensions_form_a_pentagon():
 
 
 def test_double_descent_curve_has_an_interior_maximum():
-    T = np.array([3, 6, 12, 24, 48, 96, 384])
+    T = np.array([3, 8, 24, 96, 384])
     reps, n, p = 3, 40, 0.075
     probs, sizes = np.full(T.size * reps, p), np.repeat(T, reps)
     data = toy.fixed_datasets(jax.random.key(1000), probs, sizes, n)
@@ -71,7 +71,7 @@ def test_double_descent_curve_has_an_interior_maximum():
     curve = test.reshape(T.size, reps).mean(1)
     peak = int(np.argmax(curve))
     assert 0 < peak < T.size - 1, curve
-    assert curve[peak] > 1.3 * max(curve[0], curve[-1]), curve
+    assert curve[peak] > 1.5 * max(curve[0], curve[-1]), curve
     assert curve[-1] < p / 3  # generalising: better than outputting zero
     train_loss = run.final_loss.reshape(T.size, reps).mean(1)
     assert train_loss[0] < 1e-4 < train_loss[-1]  # memorising: the small set is fit exactly
@@ -88,12 +88,17 @@ def test_one_program_equals_a_loop_over_instances():
     opt = train.optimizer()
     step = jax.jit(toy.make_instance_step(cfg, opt))
     key = jax.random.key(train.seed, impl=train.prng_impl)
-    init_keys = toy.instance_keys(jax.random.fold_in(key, 0), 2)
-    step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(10)))(
-        toy.instance_keys(jax.random.fold_in(key, 1), 2))
+
+    @jax.jit
+    def start(key):
+        models = toy.init_toys(cfg, toy.instance_keys(jax.random.fold_in(key, 0), 2))
+        data_keys = toy.instance_keys(jax.random.fold_in(key, 1), 2)
+        step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(10)))(data_keys)
+        return models, jax.vmap(opt.init)(models), step_keys
+
+    models, states, step_keys = start(key)
     for i in range(2):
-        model = toy.init_toy(cfg, init_keys[i])
-        state = opt.init(model)
+        model, state = jax.tree.map(lambda a, i=i: a[i], (models, states))
         source = toy.OnlineFeatures(jnp.float32(p[i]), 64, 6)
         for t in range(10):
             model, state, _ = step(model, state, source, jnp.asarray(imp), step_keys[i, t])
@@ -129,28 +134,22 @@ def test_variants_train():
 def test_non_finite_loss_is_reported():
     with pytest.raises(NonFiniteLossError, match="instances"):
         toy.train_toys(toy.ToyConfig(4, 2), [1.0], np.ones(4),
-                       toy.ToyTrainConfig(steps=20, lr=1e30, batch_size=32, log_every=10, progress=False))
+                       toy.ToyTrainConfig(steps=10, lr=1e30, batch_size=32, progress=False))
 
 
 SHARDED = r"""
-import json, sys
+import json
 import jax, numpy as np
 from jaxinterp.models import toy
 assert len(jax.devices()) == 8
-cfg = toy.ToyConfig(6, 2)
 train = toy.ToyTrainConfig(steps=30, batch_size=128, progress=False)
 p = np.linspace(0.05, 1.0, 11)  # 11 instances: padded to fill 8 devices
-sharded = toy.train_toys(cfg, p, np.ones(6), train)
-single = toy.train_toys(cfg, p, np.ones(6), train, devices=jax.devices()[:1])
-sizes = np.array([3, 9, 3, 5, 9])
-data = toy.fixed_datasets(jax.random.key(0), np.full(5, 0.3), sizes, 6)
-fixed_sharded = toy.train_toys(cfg, np.full(5, 0.3), np.ones(6), train, data=data)
-fixed_single = toy.train_toys(cfg, np.full(5, 0.3), np.ones(6), train, data=data, devices=jax.devices()[:1])
+sharded = toy.train_toys(toy.ToyConfig(6, 2), p, np.ones(6), train)
+single = toy.train_toys(toy.ToyConfig(6, 2), p, np.ones(6), train, devices=jax.devices()[:1])
 print(json.dumps({
     "devices": [sharded.n_devices, single.n_devices],
     "W": float(np.abs(sharded.model.W - single.model.W).max()),
     "loss": float(np.abs(sharded.loss_history - single.loss_history).max()),
-    "fixed_W": float(np.abs(fixed_sharded.model.W - fixed_single.model.W).max()),
 }))
 """
 
@@ -164,10 +163,4 @@ def test_sharded_over_eight_devices_equals_one_device():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == [8, 1]
-    assert result["W"] < 1e-5 and result["loss"] < 1e-6 and result["fixed_W"] < 1e-5, result
-
-
-def test_evaluate_matches_the_training_loss_of_a_converged_model(basic):
-    relu = basic[0]
-    test = toy.evaluate_toys(toy.ToyConfig(20, 5), relu.model, [1.0, 0.01], IMP20, jax.random.key(9), 50_000)
-    np.testing.assert_allclose(test, relu.final_loss, rtol=0.25)
+    assert result["W"] < 1e-5 and result["loss"] < 1e-6, result

@@ -54,7 +54,7 @@ def check_probabilities(p: object, name: str = "feature_probability") -> np.ndar
     arr = np.asarray(p, dtype=np.float64)
     bad = ~((arr >= 0) & (arr <= 1))  # NaN fails both comparisons
     if bad.any():
-        value = arr[bad].ravel()[0]
+        value = float(arr[bad].ravel()[0])
         raise ConfigError(f"{name} must lie in [0, 1] (a probability; sparsity S = 1 - p), "
                           f"got {value!r}.")
     return arr.astype(np.float32)
@@ -70,7 +70,7 @@ def check_importance(importance: object, n_features: int, n_instances: int | Non
                          f"got {list(arr.shape)}.")
     if not np.all(np.isfinite(arr)) or (arr < 0).any():
         raise ConfigError("importance must be finite and >= 0 for every feature, got "
-                          f"{arr[~(np.isfinite(arr) & (arr >= 0))].ravel()[0]!r}.")
+                          f"{float(arr[~(np.isfinite(arr) & (arr >= 0))].ravel()[0])!r}.")
     return arr.astype(np.float32)
 
 
