@@ -13,6 +13,7 @@ compilation, whose time is printed separately):
   plain ``vmap`` over all 256 instances (one block), and the sampler variants that were
   measured before choosing this one (``jax.random`` threefry and philox bits, and the
   textbook two draws per entry);
+* ``train_toys`` itself on one and on two CPU devices (one per core, instances sharded);
 * a roofline for the one-program step: bytes (XLA's cost analysis of one vmapped step)
   over a measured copy bandwidth, and FLOPs over a measured matmul rate.
 
@@ -36,13 +37,22 @@ from jaxinterp.models.toy.train import block_size, make_chunk
 I, B, N, M, P = 256, 1024, 20, 5, 0.1
 
 
+CPU_TIMES: list[float] = []  # process CPU seconds of the last median_time's median repeat
+
+
 def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()``; the matching CPU seconds go to ``CPU_TIMES``.
+
+    On a machine shared with other jobs, wall time counts the waits for a core; process
+    CPU time (all threads) does not, so its ratios stand in for a quiet machine's."""
     jax.block_until_ready(fn())  # compile / warm up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    CPU_TIMES[:] = [float(np.median(cpu))]
     return float(np.median(times))
 
 
@@ -99,6 +109,38 @@ def loop_step_time(cfg, opt, state, sources, importance, keys, steps, repeats):
     return median_time(run, repeats) / steps, compile_s
 
 
+TWO_DEVICES = r"""
+import json, sys, time
+import jax, numpy as np
+from jaxinterp.models import toy
+steps, repeats = int(sys.argv[1]), int(sys.argv[2])
+cfg, p, imp = toy.ToyConfig(20, 5), np.full(256, 0.1), toy.geometric_importance(20, 0.7)
+out = {}
+for name, devices in (("1 device", jax.devices()[:1]), ("2 devices", jax.devices())):
+    train = toy.ToyTrainConfig(steps=steps * repeats, log_every=steps, progress=False)
+    run = toy.train_toys(cfg, p, imp, train, devices=devices)
+    out[name] = [run.train_seconds / train.steps, run.compile_seconds]
+print(json.dumps(out))
+"""
+
+
+def two_devices(steps: int, repeats: int) -> dict:
+    """``train_toys`` on one and on two CPU devices (``--xla_force_host_platform_device_count=2``,
+    one per core), in a subprocess since the flag must be set before JAX starts."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(steps), str(repeats)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def copy_bandwidth(repeats: int) -> float:
     x = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
     f = jax.jit(lambda a: a * 1.5)
@@ -126,17 +168,19 @@ def main() -> None:
                              jnp.ones((I, B)))
 
     rows = {}
-    for name, src, blk in (("one program", sources, block), ("one program, no sampling", fixed, block),
-                           ("plain vmap over 256 (one block)", sources, I)):
+    variants = [("one program", sources, block), ("one program, no sampling", fixed, block)]
+    variants += [(f"one program, blocks of {b}", sources, b) for b in (1, 2, 8, 16) if b != block]
+    variants += [("plain vmap over 256 (one block)", sources, I)]
+    for name, src, blk in variants:
         compiled, a, comp = one_program(cfg, opt, state, src, importance, keys, S, blk)
-        rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp)
+        rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
     for how in ("two_draws", "bits"):
         for impl in (("threefry2x32", "philox2x32") if how == "bits" else ("threefry2x32",)):
             src = Sampler(sources.feature_probability, B, N, False, how)
             ks = toy.instance_keys(jax.random.key(1, impl=impl), I)
             compiled, a, comp = one_program(cfg, opt, state, src, importance, ks, S, block, impl)
             rows[f"one program, sampler: jax.random {impl} ({how.replace('_', ' ')})"] = (
-                median_time(lambda c=compiled, a=a: c(*a), R) / S, comp)
+                median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
 
     @jax.jit
     def sample_only(keys, t0):
@@ -146,16 +190,20 @@ def main() -> None:
         return jax.lax.scan(body, jnp.float32(0), t0 + jnp.arange(S))[0]
 
     rows["sampler alone (fused Threefry, one draw)"] = (
-        median_time(lambda: sample_only(keys, jnp.int32(0)), R) / S, 0.0)
-    loop_s, loop_compile = loop_step_time(cfg, opt, state, sources, importance, keys, max(2, S // 10), R)
-    rows["loop of a jitted per-instance step"] = (loop_s, loop_compile)
+        median_time(lambda: sample_only(keys, jnp.int32(0)), R) / S, 0.0, CPU_TIMES[0] / S)
+    loop_steps = max(2, S // 10)
+    loop_s, loop_compile = loop_step_time(cfg, opt, state, sources, importance, keys, loop_steps, R)
+    rows["loop of a jitted per-instance step"] = (loop_s, loop_compile, CPU_TIMES[0] / loop_steps)
 
-    base = rows["one program"][0]
+    for name, (sec, comp) in two_devices(S, R).items():
+        rows[f"train_toys, {name} (XLA host device count 2)"] = (sec, comp, float("nan"))
+
+    base, base_cpu = rows["one program"][0], rows["one program"][2]
     print(f"\n256 instances, n={N}, m={M}, batch {B}, p={P}; block {block} instances; {S} steps per call")
-    print(f"{'variant':62s} {'ms/step':>9s} {'x one program':>14s} {'compile s':>10s}")
-    for name, (sec, comp) in rows.items():
-        print(f"{name:62s} {sec * 1e3:9.2f} {sec / base:14.2f} {comp:10.2f}")
-    print(f"RATIO loop / one program = {loop_s / base:.1f}x")
+    print(f"{'variant':62s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s} {'compile s':>9s}")
+    for name, (sec, comp, cpu) in rows.items():
+        print(f"{name:62s} {sec * 1e3:8.2f} {sec / base:6.2f} {cpu * 1e3:8.2f} {cpu / base_cpu:6.2f} {comp:9.2f}")
+    print(f"RATIO loop / one program = {loop_s / base:.1f}x wall, {rows['loop of a jitted per-instance step'][2] / base_cpu:.1f}x CPU time")
 
     # Roofline of one step: XLA's cost analysis of the vmapped step.
     step = jax.jit(jax.vmap(toy.make_instance_step(cfg, opt)))

@@ -6,15 +6,16 @@ linear warm-up then cosine decay) on a fixed training set of ``T`` examples, for
 over more than two orders of magnitude and several seeds per ``T``; every run trains in
 one program (sets of different sizes run as separate groups inside it, unpadded). Then:
 
-* small ``T``: the model memorises. The hidden vectors ``h_t = W^T x_t`` of the training
-  examples form a clean polygon while the feature directions are a tangle;
+* small ``T``: the model memorises. The hidden vectors ``h_t`` of the training examples are
+  long and spread round the circle (a polygon of ``T`` data points) while the features
+  stay short;
 * large ``T``: it generalises. A few features take clean polygon directions and the
   training examples' hidden vectors are whatever their features make them;
 * in between, the test loss peaks: the double-descent bump.
 
 Writes ``runs/<name>/``: ``double_descent.png`` (test and train loss against ``T``),
-``hidden_vs_features.png`` (training-example hidden vectors beside the feature vectors at
-a small and a large ``T``), ``results.json`` (``T``, ``test_loss``: the mean over seeds,
+``hidden_vs_features.png`` (training-example hidden vectors and feature vectors of every
+seed at the smallest and the largest ``T``), ``results.json`` (``T``, ``test_loss``: the mean over seeds,
 and per-seed values), ``config.json``, ``report.md``.
 
     jaxinterp experiment double_descent           # a few minutes on 2 CPU cores
@@ -131,15 +132,17 @@ def run_double_descent(config: DoubleDescentConfig) -> dict:
                           title=f"n={cfg.n_features}, m={cfg.n_hidden}, S={config.sparsity}: "
                                 f"{reps} seeds per T")
     W = np.asarray(run.model.W)
-    small, large = _memorising_size(T), T.size - 1
     panels = []
-    for j in (small, large):
-        i = j * reps + int(np.argmin(train_loss[j]))  # the best-fitting seed at this T
-        x = np.asarray(data.x[i, : T[j]])
-        panels += [(x[:200] @ W[i], f"T={T[j]}: training examples' h"),
-                   (W[i], f"T={T[j]}: feature vectors W_i")]
-    plots.vectors_2d(panels, out / "hidden_vs_features.png", max_cols=2, points=True,
-                     suptitle=f"memorising (T={T[small]}, top) vs generalising (T={T[large]}, bottom)")
+    for j in (0, T.size - 1):  # the smallest and the largest training set, every seed
+        for what in ("h", "W"):
+            for r in range(reps):
+                i = j * reps + r
+                x = np.asarray(data.x[i, : T[j]])
+                vectors = x[:200] @ W[i] if what == "h" else W[i]
+                label = "training examples' h" if what == "h" else "features W_i"
+                panels.append((vectors, f"T={T[j]}, seed {r}: {label}"))
+    plots.vectors_2d(panels, out / "hidden_vs_features.png", max_cols=reps, points=True,
+                     suptitle=f"memorising (T={T[0]}, rows 1-2) vs generalising (T={T[-1]}, rows 3-4)")
     norms = np.asarray(toy.feature_norms(W)).reshape(T.size, reps, -1)
     results = {
         "T": T.tolist(), "test_loss": _r(test_loss), "test_loss_replicas": _r(test),
@@ -153,11 +156,6 @@ def run_double_descent(config: DoubleDescentConfig) -> dict:
     (out / "report.md").write_text(_report(results, config))
     return {k: results[k] for k in ("peak_T", "interior_peak", "baseline_loss")} | {
         "seconds": round(seconds, 1)}
-
-
-def _memorising_size(T: np.ndarray) -> int:
-    """Index of the T drawn as 'small': the first with at least 5 examples (a clear polygon)."""
-    return int(np.argmax(T >= 5)) if (T >= 5).any() else 0
 
 
 def _r(a, digits: int = 6) -> list:
