@@ -207,8 +207,11 @@ def test_equinox_per_example_cache_and_bridge(eqx_net, linen):
     close(cache["blocks.0.hook_out"], after0)
     assert cache["blocks.1.hook_hidden"].shape == (B, P, 2 * D)
     assert jax.tree.structure(untag(hooked)) == jax.tree.structure(eqx_net)
-    with pytest.raises(NestedTraceError, match="inside a JAX transform"):  # called under vmap
-        ji.run_with_cache(tag_submodules(eqx_net), xs[0])
+    # Every module, including the Linears the model calls under its own jax.vmap: the hook
+    # sees the whole batch of positions.
+    _, every = ji.run_with_cache(tag_submodules(eqx_net), xs[0], names="blocks.0.up.hook_out")
+    close(every["blocks.0.up.hook_out"], jax.vmap(eqx_net.blocks[0].up)(
+        causal_mean(jax.vmap(eqx_net.embed)(xs[0]))))
     fast = eqx.filter_jit(hooked)  # a user's jit around the model: inline it
     _, inlined = ji.run_with_cache(fast, xs[0], names="blocks.1.hook_out", inline_jit=True)
     close(inlined["blocks.1.hook_out"], cache["blocks.1.hook_out"][0])
