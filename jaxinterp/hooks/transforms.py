@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 
 from jaxinterp.errors import ArgumentTypeError, HookNameError, IndexRangeError, unknown_name_message
@@ -232,15 +233,18 @@ def hook_names(fn: Callable, *args: Any, inline_jit: bool = False, **kwargs: Any
     if known is not None:
         return known
     seen: dict[str, tuple[int, int, int]] = {}
+    # The function's own arrays (a model's weights) go in as arguments too: some libraries
+    # (NNX's lifted transforms) refuse state captured from outside the trace.
+    arrays, static = eqx.partition(fn, eqx.is_array)
 
-    def probe(*a):
+    def probe(arrays, *a):
         rec = _Capture(lambda n: False)
         with handler_scope(rec), inline_jit_scope() if inline_jit else contextlib.nullcontext():
-            out = fn(*a, **kwargs)
+            out = eqx.combine(arrays, static)(*a, **kwargs)
         seen.update(rec.seen)
         return out
 
-    jax.eval_shape(probe, *args)
+    jax.eval_shape(probe, arrays, *args)
     return sorted(seen, key=seen.__getitem__)
 
 
