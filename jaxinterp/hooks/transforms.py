@@ -233,18 +233,17 @@ def hook_names(fn: Callable, *args: Any, inline_jit: bool = False, **kwargs: Any
     if known is not None:
         return known
     seen: dict[str, tuple[int, int, int]] = {}
-    # The function's own arrays (a model's weights) go in as arguments too: some libraries
-    # (NNX's lifted transforms) refuse state captured from outside the trace.
-    arrays, static = eqx.partition(fn, eqx.is_array)
+    # The function's own arrays (a model's weights) go in as arguments too (NNX's lifted
+    # transforms refuse state captured from outside the trace); non-arrays stay static.
 
-    def probe(arrays, *a):
+    def probe(fn, *a):
         rec = _Capture(lambda n: False)
         with handler_scope(rec), inline_jit_scope() if inline_jit else contextlib.nullcontext():
-            out = eqx.combine(arrays, static)(*a, **kwargs)
+            out = fn(*a, **kwargs)
         seen.update(rec.seen)
         return out
 
-    jax.eval_shape(probe, arrays, *args)
+    eqx.filter_eval_shape(probe, fn, *args)
     return sorted(seen, key=seen.__getitem__)
 
 
