@@ -89,8 +89,9 @@ class Handler:
     """A transform's view of the hooks. Subclasses override :meth:`wants` and :meth:`handle`.
 
     ``handle`` is called only at hooks the handler :meth:`wants`; every hook reached is
-    announced to :meth:`reached` (``nested`` names the inner transform of a wanted hook
-    whose value could not be handed out and was skipped). A wanted hook inside such a
+    announced to :meth:`reached` (``nested`` is not None for a hook inside an inner
+    transform whose values cannot be handed out: the transform's name for a wanted hook
+    that was skipped, ``""`` for one nobody wanted). A wanted hook inside such a
     transform raises :class:`NestedTraceError` unless the handler's ``insists(name)``
     (default: :meth:`wants`) says it can do without it.
     """
@@ -225,12 +226,14 @@ def _fire(site: Site, x: jax.Array) -> jax.Array:
             "leaf of a pytree under its own name"
         )
     names = site.names()
+    top = stack[-1]
+    inside = "" if top.trace is not None and internals.vmap_chain(top.trace) is None else None
     for depth in range(len(stack) - 1, -1, -1):
         handler = stack[depth].handler
         if handler is None:
             continue
         if not any(handler.wants(n) for n in names):
-            handler.reached(site)
+            handler.reached(site, nested=inside)
             continue
         frames = [e for e in stack[depth + 1:] if e.frame is not None]
         receiving = frames[-1] if frames else stack[depth]  # the trace the value must be in

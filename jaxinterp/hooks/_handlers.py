@@ -38,12 +38,12 @@ class _Recorder(Handler):
 
     def reached(self, site: Site, nested: str | None = None) -> None:
         self._count += 1
-        if nested is not None:
+        if nested:
             for n in site.names():
                 self.skipped.setdefault(n, nested)
         if not site.dynamic:
             name = site.name()
-            if name in self.seen:
+            if name in self.seen and nested is None:  # (inner transforms may trace twice)
                 self.repeated[name] = self.repeated.get(name, 1) + 1
             self.seen.setdefault(name, (self._count, -1, 0))
             return

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import equinox as eqx
-import jax
 
 from jaxinterp.errors import ArgumentTypeError, HookNameError, IndexRangeError, unknown_name_message
 from jaxinterp.hooks._core import NestedTraceError, handler_scope, inline_jit_scope
