@@ -3,7 +3,7 @@
 The layer's parameters are stacked on a leading axis (``variable_axes={"params": 0}``,
 ``metadata_params={nn.PARTITION_NAME: "layers"}``), one layer is traced, and activations
 are recomputed in the backward pass. The only jaxinterp in it is the two-line change that
-makes hooks work inside the scan (the original lines in the comments)::
+makes hooks work inside the scan::
 
     from jaxinterp.hooks import flax_lifted as jl                 # added
     Stack = jl.scan(jl.remat(DecoderLayer, ...), ...)             # was nn.scan(nn.remat(...))
@@ -56,10 +56,9 @@ class Decoder(nn.Module):
         x = nn.Embed(cfg.vocab, cfg.d_model, name="token_embed")(tokens)
         x = x + nn.Embed(cfg.n_ctx, cfg.d_model, name="pos_embed")(jnp.arange(tokens.shape[-1]))
         mask = nn.make_causal_mask(tokens)
-        Stack = jl.scan(  # was nn.scan(nn.remat(DecoderLayer, ...), ...)
-            jl.remat(DecoderLayer, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable),
-            variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=(nn.broadcast,),
-            length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        Stack = jl.scan(jl.remat(DecoderLayer, prevent_cse=False), variable_axes={"params": 0},  # was nn.scan(nn.remat(
+                        split_rngs={"params": True}, in_axes=(nn.broadcast,), length=cfg.n_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = Stack(cfg, name="layers")(x, mask)
         return nn.Dense(cfg.vocab, name="lm_head")(nn.LayerNorm(name="ln_f")(x))
 
