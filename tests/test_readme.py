@@ -39,7 +39,7 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     assert ns["r"] >= 0.9, ns["r"]
     assert f"accuracy {ns['accuracy']:.0%}" in out
     top = ns["heads"].normalized().top(1)[0]
-    assert top.value > 0.4 and re.fullmatch(r"L\dH\d", top.label)
+    assert top.value > 0.25 and re.fullmatch(r"L\dH\d", top.label)
     # One API shape: the path-patching sweep has the same baselines as activation patching.
     assert ns["direct"].attrs["clean"] == pytest.approx(ns["heads"].attrs["clean"], abs=1e-4)
     assert ns["direct"].attrs["corrupted"] == pytest.approx(ns["heads"].attrs["corrupted"], abs=1e-4)
@@ -53,7 +53,13 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     assert ns["smol_heads"].normalized().top(1)[0].value > 0.5
     assert (tmp_path / "runs/readme/smollm2_resid.png").exists()
 
+    # Feature visualisation: optimised inputs beat the best dataset example on every unit.
+    assert bool(ns["beats"].all())
+
     # The training snippet converges and checkpoints.
     np.testing.assert_allclose(ns["result"].params["w"], ns["target"], atol=0.05)
     assert (tmp_path / "runs/readme-fit/checkpoints").is_dir()
     assert jnp.all(ns["out"] >= 0)  # generate returns token ids
+
+    # Toy models: the dense model keeps 2 features, the sparse one all 5.
+    assert list(ns["toy"].n_represented(ns["run"].model)) == [2, 5]

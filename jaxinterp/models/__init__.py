@@ -1,4 +1,4 @@
-"""Models: the hooked transformer and its configs."""
+"""Models: the hooked transformer and its configs; a small conv net (``conv``)."""
 
 from jaxinterp.models.config import (
     TransformerConfig,
@@ -12,6 +12,7 @@ from jaxinterp.models.config import (
     phi3_config,
     qwen3_config,
 )
+from jaxinterp.models.conv import ConvConfig, ConvNet, init_conv
 from jaxinterp.models.generation import KVCache, decode_step, generate, init_kv_cache, sample_logits
 from jaxinterp.models.loss import lm_loss, token_losses
 from jaxinterp.models.process import (
@@ -36,6 +37,9 @@ from jaxinterp.models.transformer import (
 )
 
 __all__ = [
+    "ConvConfig",
+    "ConvNet",
+    "init_conv",
     "KVCache",
     "center_unembed",
     "center_writing_weights",
