@@ -46,6 +46,7 @@ from jaxinterp.interp import (
     logit_diff,
     logit_lens,
     path_patching,
+    path_patching_sweep,
     per_token_loss,
 )
 from jaxinterp.io.pretrained import from_pretrained, load_gguf, load_hf
@@ -95,6 +96,7 @@ __all__ = [
     "logit_lens",
     "models",
     "path_patching",
+    "path_patching_sweep",
     "per_token_loss",
     "train",
     "viz",

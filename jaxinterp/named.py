@@ -87,6 +87,12 @@ class NamedArray:
         out = np.asarray(self.values)
         return out if dtype is None else out.astype(dtype)
 
+    def __float__(self) -> float:
+        """The value of a 0-d result, e.g. ``float(ji.path_patching(...))``."""
+        if self.ndim:
+            raise ShapeError(f"float() needs a 0-d NamedArray, got axes {self.axes}; use .sel(...) first")
+        return float(np.asarray(self.values))
+
     def sizes(self) -> dict[str, int]:
         return dict(zip(self.axes, self.shape, strict=True))
 

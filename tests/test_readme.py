@@ -40,6 +40,10 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     assert f"accuracy {ns['accuracy']:.0%}" in out
     top = ns["heads"].normalized().top(1)[0]
     assert top.value > 0.25 and re.fullmatch(r"L\dH\d", top.label)
+    # One API shape: the path-patching sweep has the same baselines as activation patching.
+    assert ns["direct"].attrs["clean"] == pytest.approx(ns["heads"].attrs["clean"], abs=1e-4)
+    assert ns["direct"].attrs["corrupted"] == pytest.approx(ns["heads"].attrs["corrupted"], abs=1e-4)
+    assert ns["direct"].normalized().top(1)[0].value > 0.2
     assert (tmp_path / "runs/readme/ioi_resid.png").exists()
 
     # SmolLM2: predicts Paris; the France position carries the answer in middle layers.

@@ -13,14 +13,25 @@ For each config it times, in one process:
 * attribution patching of every head (``z`` by layer x head) against one jitted forward;
 * the chunk program's peak temporary memory at several chunk sizes (``--memory``).
 
-Run:  python experiments/benchmarks/bench_patching.py [--quick] [--memory]
+The clean and corrupted prompts differ at one position (``pos // 3``), as in most
+patching experiments (IOI's S2, a swapped subject): a patch at an earlier position
+changes nothing, and the sweep does not run it. The ``-dense`` configs corrupt every
+position instead, so every target runs: the ratio of the compute path alone.
+
+Timings are wall and process CPU time (the machine is shared: CPU time is less disturbed
+by other jobs); steady-state numbers are the minimum over repeats. ``--json PATH`` writes
+the numbers.
+
+Run:  python experiments/benchmarks/bench_patching.py [--configs small-b8,...] [--memory] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -37,7 +48,9 @@ CONFIGS = {  # GPT-2 style models (LayerNorm, GELU MLP of width 4 d_model), rand
     "small-b1": dict(cfg=SMALL, batch=1, pos=32, repeats=3),
     "small": dict(cfg=SMALL, batch=4, pos=32, repeats=3),
     "small-b8": dict(cfg=SMALL, batch=8, pos=32, repeats=3),
+    "small-b8-dense": dict(cfg=SMALL, batch=8, pos=32, repeats=3, dense=True),
     "gpt2": dict(cfg=GPT2, batch=4, pos=24, repeats=1),
+    "gpt2-dense": dict(cfg=GPT2, batch=4, pos=24, repeats=1, dense=True),
 }
 
 
@@ -47,7 +60,10 @@ def setup(name: str):
     model = init_transformer(cfg, jax.random.key(0))
     b, p, v = spec["batch"], spec["pos"], cfg.d_vocab
     clean = jax.random.randint(jax.random.key(1), (b, p), 0, v)
-    corrupted = clean.at[:, p // 3].set((clean[:, p // 3] + 7) % v)
+    if spec.get("dense"):  # every position differs
+        corrupted = (clean + 7) % v
+    else:
+        corrupted = clean.at[:, p // 3].set((clean[:, p // 3] + 7) % v)
     metric = logit_diff(clean[:, -1], corrupted[:, -2])
     return model, clean, corrupted, metric
 
@@ -64,27 +80,37 @@ def _clean_resid(model, tokens):
     return jnp.stack(list(cache.values()))
 
 
+class Clock:
+    """Wall and process-CPU seconds since it was made (``.now()``)."""
+
+    def __init__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+
+    def now(self) -> np.ndarray:
+        return np.array([time.perf_counter() - self.w, time.process_time() - self.c])
+
+
 def loop(model, clean, corrupted, metric):
-    """The baseline. Returns (values, first_call_seconds, calls_seconds, n_targets)."""
-    t0 = time.perf_counter()
+    """The baseline. Returns (values, first-call [wall, cpu] s, calls [wall, cpu] s, n_targets)."""
+    clock = Clock()
     resid = _clean_resid(model, clean)
     L, P = model.cfg.n_layers, clean.shape[1]
     out = np.zeros((L, P), np.float32)
     out[0, 0] = _single(model, corrupted, resid, metric, jnp.int32(0), jnp.int32(0))
-    t1 = time.perf_counter()
+    first = clock.now()
     for layer in range(L):
         for pos in range(P):
             if layer or pos:
                 out[layer, pos] = _single(model, corrupted, resid, metric, jnp.int32(layer), jnp.int32(pos))
-    t2 = time.perf_counter()
-    return out, t1 - t0, t2 - t1, L * P
+    return out, first, clock.now() - first, L * P
 
 
 def timed(fn):
-    t = time.perf_counter()
+    """``(fn(), [wall, cpu] seconds)``, blocking on the result."""
+    clock = Clock()
     out = fn()
     jax.block_until_ready(jnp.asarray(out))
-    return out, time.perf_counter() - t
+    return out, clock.now()
 
 
 def bench(name: str, chunk_size: int | None, repeats: int) -> dict:
@@ -94,41 +120,47 @@ def bench(name: str, chunk_size: int | None, repeats: int) -> dict:
     jax.clear_caches()
     sweep = lambda: activation_patching(model, clean, corrupted, metric, "resid_pre", chunk_size=chunk_size)  # noqa: E731
     result, t_first = timed(lambda: sweep().values)
-    t_sweep = min(timed(lambda: sweep().values)[1] for _ in range(repeats))
+    sweeps = [timed(lambda: sweep().values)[1] for _ in range(repeats)]
     jax.clear_caches()
     ref, t_compile_call, t_calls, n = loop(model, clean, corrupted, metric)
     loop_first = t_compile_call + t_calls
-    loop_steady = t_calls * n / (n - 1)
+    loops = [t_calls * n / (n - 1)]
     for _ in range(repeats - 1):  # later passes: every call is a steady one
-        loop_steady = min(loop_steady, sum(loop(model, clean, corrupted, metric)[1:3]))
+        loops.append(sum(loop(model, clean, corrupted, metric)[1:3]))
     err = float(np.abs(np.asarray(result) - ref).max())
 
     fwd = eqx.filter_jit(lambda m, t: m(t))
     attr = lambda: attribution_patching(model, clean, corrupted, metric, "z", by=("layer", "head")).values  # noqa: E731
     timed(lambda: fwd(model, corrupted))
     timed(attr)
-    t_fwd, t_attr = np.inf, np.inf
+    fwds, attrs = [], []
     for _ in range(5 * repeats):  # interleaved, so load changes hit both alike
-        t_fwd = min(t_fwd, timed(lambda: fwd(model, corrupted))[1])
-        t_attr = min(t_attr, timed(attr)[1])
-    return dict(name=name, targets=n, sweep_first=t_first, sweep=t_sweep, loop_first=loop_first,
-                loop=loop_steady, max_abs_err=err, forward=t_fwd, attribution=t_attr)
+        fwds.append(timed(lambda: fwd(model, corrupted))[1])
+        attrs.append(timed(attr)[1])
+    best = {k: np.min(v, axis=0).tolist() for k, v in
+            {"sweep": sweeps, "loop": loops, "forward": fwds, "attribution": attrs}.items()}
+    return dict(name=name, targets=n, sweep_first=t_first.tolist(), loop_first=loop_first.tolist(), **best,
+                max_abs_err=err, loadavg=os.getloadavg())
 
 
 def report(r: dict) -> None:
+    """Prints the ratios, from wall time (and from CPU time in brackets)."""
+    def ratio(a, b):
+        return f"{r[a][0] / r[b][0]:5.1f}x (cpu {r[a][1] / r[b][1]:4.1f}x)"
+
     print(f"\n== {r['name']}: {r['targets']} residual-stream targets, max |sweep - loop| = {r['max_abs_err']:.2e}")
-    print(f"sweep  first call {r['sweep_first']:7.2f} s   steady {r['sweep']:7.2f} s")
-    print(f"loop   first call {r['loop_first']:7.2f} s   steady {r['loop']:7.2f} s")
-    print(f"RATIO steady     loop/sweep = {r['loop'] / r['sweep']:5.1f}x")
-    print(f"RATIO first call loop/sweep = {r['loop_first'] / r['sweep_first']:5.1f}x")
-    print(f"attribution (all heads) {r['attribution'] * 1e3:.1f} ms = "
-          f"{r['attribution'] / r['forward']:.2f} forward passes ({r['forward'] * 1e3:.1f} ms each)")
+    print(f"sweep  first call {r['sweep_first'][0]:7.2f} s   steady {r['sweep'][0]:7.3f} s (cpu {r['sweep'][1]:.3f} s)")
+    print(f"loop   first call {r['loop_first'][0]:7.2f} s   steady {r['loop'][0]:7.3f} s (cpu {r['loop'][1]:.3f} s)")
+    print(f"RATIO steady     loop/sweep = {ratio('loop', 'sweep')}")
+    print(f"RATIO first call loop/sweep = {ratio('loop_first', 'sweep_first')}")
+    print(f"attribution (all heads) {r['attribution'][0] * 1e3:.1f} ms = {ratio('attribution', 'forward')} "
+          f"forward passes ({r['forward'][0] * 1e3:.1f} ms each)")
 
 
 def memory(name: str) -> None:
     """Peak temporary memory of the compiled chunk program (XLA's memory analysis) for two
     chunk sizes and two depths: it follows the chunk size, not the number of targets."""
-    from jaxinterp.interp import _fast_forward as F
+    from jaxinterp.interp import _sweep as F
 
     spec = CONFIGS[name]
     original = F.run_chunk_jit
@@ -162,12 +194,18 @@ def main() -> None:
     ap.add_argument("--configs", default="small-b1,small,small-b8,gpt2")
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None, help="steady-state repeats (default per config)")
+    ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    results = []
     for name in args.configs.split(","):
-        report(bench(name, args.chunk_size, CONFIGS[name]["repeats"]))
+        results.append(bench(name, args.chunk_size, args.repeats or CONFIGS[name]["repeats"]))
+        report(results[-1])
         if args.memory:
             memory(name)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

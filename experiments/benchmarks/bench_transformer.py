@@ -10,8 +10,10 @@ Three questions, each answered against a baseline measured in the same run:
    under ``lax.scan``, so the 12-layer model should compile in < 2x the 1-layer time.
 3. **Forward throughput** on the GPT-2-small shape vs Hugging Face ``GPT2LMHeadModel`` in
    PyTorch (float32, eval, ``use_cache=False``, ``no_grad`` and ``inference_mode``, as
-   many threads as JAX uses), plus a plain-JAX reference forward (unrolled, no hooks) and
-   one MLP-sized matmul in each framework, to tell GEMM speed from everything else.
+   many threads as JAX uses), plus a plain-JAX reference forward (unrolled, no hooks), and
+   a square float32 matmul (1024^3) and an MLP-sized one in each framework: each forward's
+   FLOP rate (its matmul FLOPs, ``forward_flops``) as a fraction of its own framework's
+   square-matmul rate tells GEMM speed from everything else.
 
 Timing on a shared machine is noisy, so the functions compared are called round-robin
 (``repeats`` rounds, each calling every function once after a warm-up); we report the
@@ -20,6 +22,7 @@ the per-round ratios. Nothing is asserted: targets are reported as met or not.
 
     python experiments/benchmarks/bench_transformer.py           # full (3-8 min on 2 busy cores)
     python experiments/benchmarks/bench_transformer.py --quick   # smoke run (~30 s)
+    python experiments/benchmarks/bench_transformer.py --sections throughput --repeats 3
 """
 
 from __future__ import annotations
@@ -188,6 +191,14 @@ def reference_forward(m: HookedTransformer, tokens):
     return ln(x, m.ln_final.w, m.ln_final.b) @ m.unembed_matrix
 
 
+def forward_flops(cfg, batch: int, seq: int) -> float:
+    """Matmul FLOPs of one forward: q/k/v/o and the MLP in every layer, scores and mixing
+    over all ``seq`` keys (as computed, masked or not), and the unembedding."""
+    d, n = cfg.d_model, batch * seq
+    per_layer = 2 * n * (4 * d * d + 2 * d * cfg.d_mlp) + 2 * 2 * n * seq * d
+    return cfg.n_layers * per_layer + 2 * n * d * cfg.d_vocab
+
+
 def bench_throughput(cfg, batch: int, seq: int, repeats: int, threads: int) -> dict[str, Any]:
     import torch
     import transformers
@@ -217,14 +228,22 @@ def bench_throughput(cfg, batch: int, seq: int, repeats: int, threads: int) -> d
     n_tok = batch * seq
     for v in t.values():
         v["tokens_per_s"] = n_tok / v["median_s"]
-    # Context: one MLP-sized float32 matmul in each framework, as GFLOP/s.
-    a, b = np.ones((batch * seq, cfg.d_model), np.float32), np.ones((cfg.d_model, cfg.d_mlp), np.float32)
-    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    # Context: a square and an MLP-sized float32 matmul in each framework, as GFLOP/s.
     mm = jax.jit(jnp.matmul)
-    g = interleaved({"xla": lambda: mm(ja, jb), "torch": lambda: ta @ tb}, 3 * repeats)
-    gemm = {k: 2 * a.shape[0] * a.shape[1] * b.shape[1] / v["median_s"] / 1e9 for k, v in g.items()}
+    gemm: dict[str, float] = {}
+    for shape, (m, k, n) in {"square": (1024, 1024, 1024), "mlp": (batch * seq, cfg.d_model, cfg.d_mlp)}.items():
+        a, b = np.ones((m, k), np.float32), np.ones((k, n), np.float32)
+        ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+        g = interleaved({f"xla_{shape}": lambda ja=ja, jb=jb: mm(ja, jb),
+                         f"torch_{shape}": lambda ta=ta, tb=tb: ta @ tb}, 3 * repeats)
+        gemm |= {k_: 2 * m * k * n / v["median_s"] / 1e9 for k_, v in g.items()}
+    flops = forward_flops(cfg, batch, seq)
+    rate = {k: flops / v["median_s"] / 1e9 for k, v in t.items()}
+    own = {"jaxinterp": "xla", "jax_reference": "xla", "hf_no_grad": "torch", "hf_inference_mode": "torch"}
     return {"timings": t, "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
             "hf_attn_implementation": hf.config._attn_implementation, "sgemm_GFLOPs": gemm,
+            "forward_GFLOP": flops / 1e9, "forward_GFLOPs": rate,
+            "forward_vs_square_matmul": {k: v / gemm[f"{own[k]}_square"] for k, v in rate.items()},
             "speedup_vs_hf_no_grad": ratio(t, "hf_no_grad", "jaxinterp"),
             "speedup_vs_hf_inference_mode": ratio(t, "hf_inference_mode", "jaxinterp"),
             "jaxinterp_vs_reference": ratio(t, "jaxinterp", "jax_reference")}
@@ -276,15 +295,18 @@ def report_throughput(cfg, batch: int, seq: int, reps: int, threads: int) -> dic
     for k in ("speedup_vs_hf_no_grad", "speedup_vs_hf_inference_mode", "jaxinterp_vs_reference"):
         print(f"{k:30s} {fmt_ratio(r[k])}")
     print("float32 matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["sgemm_GFLOPs"].items()))
+    print(f"forward ({r['forward_GFLOP']:.0f} GFLOP) rate / its framework's square-matmul rate: "
+          + ", ".join(f"{k} {r['forward_GFLOPs'][k]:.1f} GFLOP/s = {v:.0%}"
+                      for k, v in r["forward_vs_square_matmul"].items()))
     return r
 
 
 def targets(res: dict[str, Any]) -> list[tuple[str, float, bool]]:
     """(target, measured ratio, met) rows; wall-time ratios, paired medians for timings."""
     rows = [(f"run_with_cache/forward <= 1.10 ({k})", r["overhead"]["paired_median"],
-             r["overhead"]["paired_median"] <= 1.10) for k, r in res["cache"].items()]
+             r["overhead"]["paired_median"] <= 1.10) for k, r in res.get("cache", {}).items()]
     rows += [(f"compile deep/shallow < 2 ({k})", r["ratio_lower+compile"], r["ratio_lower+compile"] < 2)
-             for k, r in res["compile"].items()]
+             for k, r in res.get("compile", {}).items()]
     if "throughput" in res:
         for k in ("no_grad", "inference_mode"):
             x = res["throughput"][f"speedup_vs_hf_{k}"]["paired_median"]
@@ -298,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=None, help="timing rounds (default 5, quick 3)")
     ap.add_argument("--out", default="runs/bench_transformer/results.json")
     ap.add_argument("--skip-hf", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--sections", default="cache,compile,throughput",
+                    help="comma-separated sections to run (cache, compile, throughput)")
     args = ap.parse_args(argv)
     reps = args.repeats or (3 if args.quick else 5)
     threads = len(os.sched_getaffinity(0))  # XLA:CPU's thread pool uses every available core
@@ -317,6 +341,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "compile": lambda: report_compile(depths, d_model, d_vocab, batch, seq, 1 if args.quick else 2)}
     if not args.skip_hf:
         sections["throughput"] = lambda: report_throughput(big, batch, seq, reps, threads)
+    unknown = set(args.sections.split(",")) - {"cache", "compile", "throughput"}
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from cache, compile, throughput")
+    sections = {k: v for k, v in sections.items() if k in args.sections.split(",")}
     for name, run in sections.items():
         t0 = time.perf_counter()
         res[name] = run()

@@ -7,6 +7,7 @@
 * ``grain_source``: the same windows and TFDS documents as a grain pipeline (sharded per
   process, resumable by step); needs ``pip install 'jaxinterp[grain]'``.
 * ``synthetic``: repeated random tokens (induction) and sparse features (superposition).
+* ``ioi``: indirect-object-identification prompts and their corruptions (``data.ioi.ioi_batch``).
 """
 
 from jaxinterp.data.batching import TokenWindows, load_tokens, tokenize_corpus

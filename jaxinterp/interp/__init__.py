@@ -1,9 +1,11 @@
 """Causal interventions: activation, path and attribution patching, ablations, lenses.
 
-Every sweep returns a :class:`NamedArray` (values with named axes, tick labels, and the
-clean/corrupted metric baselines); every ablation returns interventions for
-:func:`jaxinterp.hooks.run_with_hooks`. :mod:`jaxinterp.interp.ioi` is a small synthetic
-indirect-object-identification task (prompts, metric, a training helper) to try them on.
+Every sweep (activation, attribution and path patching) returns a :class:`NamedArray`
+(values with named axes, tick labels, and the clean/corrupted metric baselines, so
+``.normalized()`` works), runs in the ``"denoising"`` direction unless told otherwise and
+chooses its chunk size itself; every ablation returns a list of interventions for
+:func:`jaxinterp.hooks.run_with_hooks`. A task to try them on:
+:mod:`jaxinterp.data.ioi` (prompts) and :func:`jaxinterp.recipes.ioi.train_ioi_model`.
 """
 
 from jaxinterp.interp.ablation import (

@@ -1,9 +1,12 @@
 """Sweep targets, and how they are packed into rows and chunks (host-side numpy).
 
 A *target* is one patched run: the layer it enters at, its first changed position
-``start``, and what it selects (``pos``/``head``, -1 for all). Targets are packed two to
-a row (see :mod:`jaxinterp.interp._fast_forward`) and rows into chunks of a fixed size,
-so every chunk has the same shapes and one compiled program serves the whole sweep.
+``start``, and what it selects (``pos``/``head``, -1 for all). A target whose source
+activation equals the base one wherever it selects changes nothing (its metric is the
+base run's) and is not run: with prompts that differ at a few positions, every earlier
+position of every layer is such a target. The others are packed two to a row (see
+:mod:`jaxinterp.interp._sweep`) and rows into chunks of a fixed size, so every chunk has
+the same shapes and one compiled program serves the whole sweep.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import itertools
 import numpy as np
 
 from jaxinterp.errors import HookNameError, ShapeError
-from jaxinterp.models.hook_specs import BY_ALIAS, spec
+from jaxinterp.models.hook_specs import BY_ALIAS, SPECS, spec
 
 # The activations a sweep can patch, by their TransformerLens short names.
 _SWEPT = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "result", "q", "k", "v",
@@ -27,7 +30,7 @@ BY = {False: (("layer", "pos"), ("layer",)), True: (("layer", "head"), ("layer",
 
 def unknown_component(component: str) -> HookNameError:
     """The error for a name that is not a component, pointing at the one meant."""
-    meant = spec(component) or spec(f"attn.{component}") or spec(f"mlp.{component}")
+    meant = spec(component) or next((s for s in SPECS if s.name.rsplit(".", 1)[-1] == component), None)
     hint = ""
     if meant is not None and meant.alias in COMPONENTS:
         hint = f" {component!r} is the hook {meant.name!r}: its component is {meant.alias!r}."
@@ -57,6 +60,15 @@ class Targets:
     head: np.ndarray
     shape: tuple[int, ...]
 
+    def changing(self, changed: np.ndarray) -> np.ndarray:
+        """Indices of the targets that can change the run: ``changed [L, P, H]`` (``H`` = 1
+        without heads) is true where source and base activations differ."""
+        n_pos, n_heads = changed.shape[1:]
+        pos_ok = (self.pos[:, None] < 0) | (np.arange(n_pos) == self.pos[:, None])  # [T, P]
+        head_ok = (self.head[:, None] < 0) | (np.arange(n_heads) == self.head[:, None])  # [T, H]
+        hit = changed[self.layer] & pos_ok[:, :, None] & head_ok[:, None, :]
+        return np.flatnonzero(hit.any(axis=(1, 2)))
+
 
 def enumerate_targets(by: tuple[str, ...], n_layers: int, n_heads: int, n_pos: int) -> Targets:
     """Every target of a sweep, in C order of the result array ``by``."""
@@ -70,15 +82,19 @@ def enumerate_targets(by: tuple[str, ...], n_layers: int, n_heads: int, n_pos: i
     return Targets(col["layer"], np.maximum(pos, 0), pos, col.get("head", none), shape)
 
 
-def pack(t: Targets, n_pos: int, chunk_size: int, n_layers: int) -> tuple[list[dict], np.ndarray]:
-    """Rows of up to two targets, grouped in chunks of equal shape.
+def pack(t: Targets, n_pos: int, chunk_size: int, n_layers: int,
+         ids: np.ndarray | None = None) -> tuple[list[dict], np.ndarray]:
+    """Rows of up to two of the targets ``ids`` (default all), grouped in chunks of equal shape.
 
     Returns ``(chunks, index)``: each chunk a dict of int32 arrays, and ``index[c, row, seg]``
     the flat target index of each packed segment (-1 for padding).
     """
+    ids_all = np.arange(len(t.layer)) if ids is None else np.asarray(ids)
+    if not len(ids_all):
+        return [], np.zeros((0, 1, 2), np.int64)
     by_layer: list[list[tuple[int, ...]]] = []
-    for layer in np.unique(t.layer):
-        ids = np.flatnonzero(t.layer == layer)
+    for layer in np.unique(t.layer[ids_all]):
+        ids = ids_all[t.layer[ids_all] == layer]
         ids = ids[np.argsort(t.start[ids], kind="stable")]  # longest suffix first
         rows, i, j = [], 0, len(ids) - 1
         while i <= j:  # pair the longest suffix left with the shortest that fits beside it
@@ -93,7 +109,7 @@ def pack(t: Targets, n_pos: int, chunk_size: int, n_layers: int) -> tuple[list[d
     all_rows = [r for rows in by_layer for r in rows]
     n_tok = max(sum(n_pos - t.start[k] for k in r) for r in all_rows)
     # Rows per chunk: about chunk_size targets, never mixing layers (no wasted layers).
-    want = max(1, chunk_size * len(all_rows) // len(t.layer))
+    want = max(1, chunk_size * len(all_rows) // len(ids_all))
     most = max(len(rows) for rows in by_layer)
     per_chunk = -(-most // -(-most // want))
     groups = [rows[i:i + per_chunk] for rows in by_layer for i in range(0, len(rows), per_chunk)]
@@ -107,7 +123,7 @@ def pack(t: Targets, n_pos: int, chunk_size: int, n_layers: int) -> tuple[list[d
             # three segments per row: two targets and the padding
             "seg_layer": np.full((per_chunk, 3), n_layers, np.int32),
             "seg_start": np.zeros((per_chunk, 3), np.int32),
-            "seg_off": np.zeros((per_chunk, 3), np.int32),
+            "seg_offset": np.zeros((per_chunk, 3), np.int32),
             "seg_pos": np.full((per_chunk, 3), -1, np.int32),
             "seg_head": np.full((per_chunk, 3), -1, np.int32),
         }
@@ -118,10 +134,10 @@ def pack(t: Targets, n_pos: int, chunk_size: int, n_layers: int) -> tuple[list[d
                 arr["tok_pos"][r, off:off + n] = np.arange(t.start[k], n_pos)
                 arr["tok_seg"][r, off:off + n] = s
                 arr["seg_layer"][r, s], arr["seg_start"][r, s] = t.layer[k], t.start[k]
-                arr["seg_off"][r, s], arr["seg_pos"][r, s] = off, t.pos[k]
+                arr["seg_offset"][r, s], arr["seg_pos"][r, s] = off, t.pos[k]
                 arr["seg_head"][r, s] = t.head[k]
                 index[c, r, s] = k
                 off += n
-        arr["l_min"] = np.int32(min(t.layer[k] for row in part for k in row))
+        arr["first_layer"] = np.int32(min(t.layer[k] for row in part for k in row))
         chunks.append(arr)
     return chunks, index

@@ -8,10 +8,11 @@ the prompt:
 * **resample**: ``a -> a`` from a randomly chosen reference prompt (Chan et al., causal
   scrubbing), the most on-distribution of the three.
 
-Each function returns :class:`~jaxinterp.hooks.Intervention` objects; run them with
-``ji.run_with_hooks(model, tokens, interventions=ivs)`` and combine freely::
+Each function returns a list of :class:`~jaxinterp.hooks.Intervention` objects; run them
+with ``ji.run_with_hooks(model, tokens, interventions=ivs)`` and combine lists with ``+``::
 
     ivs = ablate_heads(model, [(9, 6), (9, 9)], method="mean", reference=ref_tokens)
+    ivs += knockout_edges(model, 3, [(10, 2)], n_pos=15)
     logits = ji.run_with_hooks(model, tokens, interventions=ivs)
 
 Targets: heads (``attn.hook_z``), MLP neurons (``mlp.hook_post``), whole layers'
@@ -33,6 +34,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from jaxinterp.errors import HookNameError, ShapeError, unknown_name_message
 from jaxinterp.hooks import Intervention, edit, run_with_cache
 from jaxinterp.interp.patching import check_index
+from jaxinterp.models.hook_specs import get_act_name, spec
 from jaxinterp.models.transformer import HookedTransformer
 
 METHODS = ("zero", "mean", "resample")
@@ -73,6 +75,16 @@ def _reference(model, name, method, reference, key, per_position, attention_mask
     return {"pool": acts, "key": key}
 
 
+def _placed(name: str, mask: Array, mask_axes: tuple[str, ...]) -> Array:
+    """``mask`` (one axis per name in ``mask_axes``) shaped to broadcast against the hook
+    ``name``'s activation, its axes read from the hook registry."""
+    axes = spec(name).axes[1:]  # broadcast from the right, with or without the batch axis
+    order = [a for a in axes if a in mask_axes]
+    mask = jnp.transpose(mask, [mask_axes.index(a) for a in order])
+    size = dict(zip(order, mask.shape, strict=True))
+    return mask.reshape([size.get(a, 1) for a in axes[axes.index(order[0]):]])
+
+
 def _check_name(model: HookedTransformer, name: str) -> None:
     if name not in model.hook_names():
         raise HookNameError(unknown_name_message("hook name", name, model.hook_names()))
@@ -91,9 +103,9 @@ def ablate_heads(model: HookedTransformer, heads: Sequence[tuple[int, int]], *, 
     for layer, head in heads:
         layer = check_index("layer", layer, cfg.n_layers, "n_layers")
         head = check_index("head", head, cfg.n_heads, "n_heads")
-        mask = (jnp.arange(cfg.n_heads) == head)[:, None]  # [H, 1] over [.., H, e]
-        out.append(_ablation(model, f"blocks.{layer}.attn.hook_z", mask, method,
-                             reference, key, per_position, attention_mask))
+        name = get_act_name("z", layer)
+        mask = _placed(name, jnp.arange(cfg.n_heads) == head, ("head",))
+        out.append(_ablation(model, name, mask, method, reference, key, per_position, attention_mask))
     return out
 
 
@@ -108,9 +120,12 @@ def ablate_neurons(model: HookedTransformer, neurons: Sequence[tuple[int, int]],
     for layer, neuron in neurons:
         layer = check_index("layer", layer, cfg.n_layers, "n_layers")
         by_layer.setdefault(layer, []).append(check_index("neuron", neuron, cfg.d_mlp, "d_mlp"))
-    return [_ablation(model, f"blocks.{layer}.mlp.hook_post", jnp.isin(jnp.arange(cfg.d_mlp), jnp.asarray(ns)),
-                      method, reference, key, per_position, attention_mask)
-            for layer, ns in by_layer.items()]
+    out = []
+    for layer, ns in by_layer.items():
+        name = get_act_name("post", layer)
+        mask = _placed(name, jnp.isin(jnp.arange(cfg.d_mlp), jnp.asarray(ns)), ("d_mlp",))
+        out.append(_ablation(model, name, mask, method, reference, key, per_position, attention_mask))
+    return out
 
 
 def ablate_layers(model: HookedTransformer, layers: Sequence[int], *, component: str = "attn",
@@ -123,7 +138,7 @@ def ablate_layers(model: HookedTransformer, layers: Sequence[int], *, component:
     out = []
     for layer in layers:
         layer = check_index("layer", layer, model.cfg.n_layers, "n_layers")
-        name = f"blocks.{layer}.hook_{component}_out"
+        name = get_act_name(f"{component}_out", layer)
         _check_name(model, name)
         out.append(_ablation(model, name, jnp.asarray(True), method, reference, key, per_position, attention_mask))
     return out
@@ -149,7 +164,7 @@ class _Direction:
 def ablate_direction(model: HookedTransformer, name: str, direction: Float[ArrayLike, " d"], *,
                      method: str = "zero", reference: Int[ArrayLike, "batch pos"] | None = None,
                      key: Array | None = None, per_position: bool = True,
-                     attention_mask: ArrayLike | None = None) -> Intervention:
+                     attention_mask: ArrayLike | None = None) -> list[Intervention]:
     """Ablates the component of activation ``name`` along ``direction`` (last axis).
 
     ``x -> x + (c - x.u) u`` with ``u`` the unit direction and ``c`` zero, the reference
@@ -166,7 +181,7 @@ def ablate_direction(model: HookedTransformer, name: str, direction: Float[Array
         params["mean"] = jnp.einsum("...d,d->...", params["mean"], u)
     if "pool" in params:
         params["pool"] = jnp.einsum("...d,d->...", params["pool"], u)
-    return edit(name, _Direction(method), {"u": u, **params})
+    return [edit(name, _Direction(method), {"u": u, **params})]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +193,7 @@ class _Knockout:
 
 
 def knockout_edges(model: HookedTransformer, layer: int, edges: Bool[ArrayLike, "query key"] | Sequence[tuple[int, int]],
-                   *, head: int | None = None, n_pos: int | None = None) -> Intervention:
+                   *, head: int | None = None, n_pos: int | None = None) -> list[Intervention]:
     """Removes attention edges ``query -> key`` of ``head`` (or every head) at ``layer``.
 
     ``edges``: a boolean ``[query, key]`` mask, or ``(query, key)`` pairs (then ``n_pos``
@@ -201,5 +216,6 @@ def knockout_edges(model: HookedTransformer, layer: int, edges: Bool[ArrayLike, 
         if mask.ndim != 2:
             raise ShapeError(f"edges mask must be [query, key], got shape {mask.shape}")
     heads = jnp.ones(cfg.n_heads, bool) if head is None else jnp.arange(cfg.n_heads) == head
-    return edit(f"blocks.{layer}.attn.hook_pattern", _Knockout(),
-                {"edges": heads[:, None, None] & mask[None]})
+    name = get_act_name("pattern", layer)
+    edges = _placed(name, heads[:, None, None] & mask[None], ("head", "pos", "key_pos"))
+    return [edit(name, _Knockout(), {"edges": edges})]

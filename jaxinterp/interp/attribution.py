@@ -17,6 +17,7 @@ tracks exact patching.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -25,125 +26,95 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Int
 
-from jaxinterp.hooks import Handler, handler_scope
-from jaxinterp.interp._fast_forward import keys_values, unembed_by_position
+from jaxinterp.hooks import Handler, handler_scope, run_with_cache
 from jaxinterp.interp._plan import resolve
 from jaxinterp.interp.metrics import Metric, batch_mean, check_metric, read_positions
 from jaxinterp.interp.patching import base_and_source, check_pair
-from jaxinterp.models import components as C
-from jaxinterp.models.transformer import HookedTransformer, embed, positions_and_mask
+from jaxinterp.models.hook_specs import BY_NAME, HookSpec, spec
+from jaxinterp.models.partial import embed, logits_at, positions_and_mask, run_layers
+from jaxinterp.models.transformer import HookedTransformer
 from jaxinterp.named import NamedArray
+
+UNROLL_BELOW = 2048  # n_layers * d_model up to which the layers are unrolled (see _forward)
+
+
+def _along_pos(hook: HookSpec, a: jax.Array, read) -> jax.Array:
+    """``a`` (with or without the leading layer axis) at the positions ``read``."""
+    return jnp.take(a, jnp.asarray(read), axis=hook.axis("pos"))
 
 
 class _AddDelta(Handler):
-    """At ``suffix``: records the activation and adds ``delta`` (its gradient is the activation's)."""
+    """At ``hook`` in layer ``l``: adds ``delta[l]`` (so the metric's gradient with respect to
+    ``delta`` is its gradient with respect to the activation). In the last layer, run at the
+    read positions only, the query-side activations get ``delta`` at those positions."""
 
-    def __init__(self, suffix: str, delta: jax.Array | None):
-        self.suffix, self.delta, self.seen = suffix, delta, None
+    def __init__(self, hook: HookSpec, delta: jax.Array, read, last: int):
+        self.hook, self.delta, self.read, self.last = hook, delta, read, last
 
     def wants(self, name: str) -> bool:
-        return name == self.suffix
+        return spec(name) is self.hook
 
     def handle(self, site, x, frames_above):
-        if site.name() != self.suffix:
+        if site.suffix != self.hook.name:
             return x
-        self.seen = x
-        return x if self.delta is None else x + self.delta.astype(x.dtype)
+        d = jax.lax.dynamic_index_in_dim(self.delta, site.layer, keepdims=False)
+        if self.read is not None and not self.hook.at_keys and not site.dynamic and site.layer == self.last:
+            d = _along_pos(self.hook, d, self.read)
+        return x + d.astype(x.dtype)
 
 
-UNROLL_BELOW = 2048  # n_layers * d_model up to which the layers are unrolled (see _forward)
-_KV = ("hook_resid_pre", "attn.hook_k", "attn.hook_v")  # hooks the last layer sees everywhere
+def _forward(model: HookedTransformer, tokens, attention_mask, hook: HookSpec, delta=None, read=None):
+    """Logits and the ``[L, ...]`` activations at ``hook``, with ``delta[l]`` added at layer ``l``.
 
-
-def _last_layer(cfg, params, x, positions, mask, suffix, d, read):
-    """The last layer when the metric reads only ``read``: keys and values everywhere,
-    queries (attention, MLP) only at ``read``. Activations elsewhere are returned as zeros;
-    the metric's gradient there is zero, so they never contribute."""
-    m, n_m, n_pos = jnp.asarray(read), len(read), x.shape[1]
-    on_kv = suffix in _KV
-    seen_kv = _AddDelta(suffix if on_kv else None, d)
-    with handler_scope(seen_kv):
-        x, k, v = keys_values(cfg, params, x, positions)
-    dq = None
-    if d is not None and not on_kv:
-        dq = d[:, :, m] if suffix == "attn.hook_pattern" else d[:, m]
-        if suffix == "attn.hook_pattern":
-            dq = jnp.concatenate([dq, jnp.zeros(dq.shape[:-1] + (n_m,), dq.dtype)], -1)
-    seen_q = _AddDelta(None if on_kv else suffix, dq)
-
-    def pad(a):  # room for the query tokens' own keys/values, which the mask hides
-        return jnp.concatenate([a, jnp.zeros((a.shape[0], n_m) + a.shape[2:], a.dtype)], 1)
-
-    q_mask = mask[:, m]
-    q_mask = jnp.concatenate([q_mask, jnp.zeros(q_mask.shape[:-1] + (n_m,), bool)], -1)
-    with handler_scope(seen_q):
-        out, _ = C.block(cfg, params, x[:, m], positions[:, m], q_mask, (pad(k), pad(v)), n_pos)
-    act = seen_kv.seen
-    if not on_kv:
-        val = seen_q.seen
-        if suffix == "attn.hook_pattern":
-            act = jnp.zeros(val.shape[:2] + (n_pos, n_pos), val.dtype).at[:, :, m].set(val[..., :n_pos])
-        else:
-            act = jnp.zeros((val.shape[0], n_pos) + val.shape[2:], val.dtype).at[:, m].set(val)
-    return jnp.zeros_like(x).at[:, m].set(out), act
-
-
-def _forward(model: HookedTransformer, tokens, attention_mask, suffix: str, delta=None, read=None):
-    """Logits and ``[L, ...]`` activations at ``suffix``, with ``delta[l]`` added at layer ``l``.
-
-    The layers run under ``lax.scan`` with each layer rematerialised except its matmuls
-    (``dots_saveable``): on CPU this backward is about twice as fast as saving every
-    intermediate. Small models (``n_layers * d_model <= 2048``) unroll the scan, which
-    on CPU saves more per-layer overhead than it costs in compile time, and, when the
-    metric declares the positions it reads, run the last layer's queries only there.
+    The partial forward from layer 0; when the metric declares the positions it reads, the
+    last layer queries only there (its query-side activations elsewhere are zeros: the
+    metric's gradient there is zero, so they never contribute). Small models
+    (``n_layers * d_model <= 2048``) unroll the layer scan, which on CPU saves more
+    per-layer overhead than it costs in compile time.
     """
     cfg = model.cfg
     positions, mask = positions_and_mask(tokens, attention_mask)
+    L, n_pos = cfg.n_layers, tokens.shape[1]
+    small = L * cfg.d_model <= UNROLL_BELOW
+    index = None if read is None else jnp.broadcast_to(jnp.asarray(read), (tokens.shape[0], len(read)))
 
-    def layer(h, params, d):
-        seen = _AddDelta(suffix, d)
-        with handler_scope(seen):
-            out, _ = C.block(cfg, params, h, positions, mask)
-        return out, seen.seen
+    def run(t):
+        x = embed(model, t, positions)
+        return run_layers(model, x, positions, mask, read=index, unroll=max(L - 1, 1) if small else 1)[0]
 
-    layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.dots_saveable)
-    small = cfg.n_layers * cfg.d_model <= UNROLL_BELOW
-    read = read if small else None  # slicing off the last layer copies the stacked weights
-    n = cfg.n_layers if read is None else cfg.n_layers - 1
-    xs = (model.blocks, delta) if n == cfg.n_layers else jax.tree.map(lambda a: a[:n], (model.blocks, delta))
-    x, acts = jax.lax.scan(lambda h, xs: layer(h, *xs), embed(model, tokens, positions), xs,
-                           unroll=max(n, 1) if small else 1)
-    if read is not None:
-        params, d = jax.tree.map(lambda a: a[n], (model.blocks, delta))
-        x, act = _last_layer(cfg, params, x, positions, mask, suffix, d, read)
-        acts = jnp.concatenate([acts, act[None].astype(acts.dtype)], 0)
-    return unembed_by_position(model, x), acts
+    name = f"blocks.*.{hook.name}"
+    with handler_scope(_AddDelta(hook, delta, read, L - 1)) if delta is not None else contextlib.nullcontext():
+        x, cache = run_with_cache(run, tokens, names=name)
+    acts = [cache[f"blocks.{i}.{hook.name}"] for i in range(L)]
+    if read is not None and not hook.at_keys:  # the last layer's activation, at the read positions only
+        full = list(acts[0].shape)
+        axis = hook.axis("pos")
+        full[axis] = n_pos
+        moved = jnp.moveaxis(jnp.zeros(full, acts[-1].dtype), axis, 0)
+        acts[-1] = jnp.moveaxis(moved.at[jnp.asarray(read)].set(jnp.moveaxis(acts[-1], axis, 0)), 0, axis)
+    return logits_at(model, x, read, n_pos), jnp.stack(acts)
 
 
-def _sum_axes(suffix: str, by: tuple[str, ...], ndim: int) -> tuple[tuple[int, ...], bool]:
-    """Axes of a stacked ``[L, B, ...]`` activation summed away, and whether to swap pos/head."""
-    if suffix == "attn.hook_pattern":  # [L, B, H, Q, K]
-        return ((1, 3, 4), False) if by == ("layer", "head") else ((1, 4), False)
-    if suffix.startswith("attn."):  # [L, B, P, H, e]
-        return ((1, 2, 4), False) if by == ("layer", "head") else ((1, 4), True)
-    rest = tuple(range(3, ndim))  # [L, B, P, ...]
-    return ((1,) + rest, False) if by == ("layer", "pos") else (tuple(range(1, ndim)), False)
+def _per_target(prod: jax.Array, hook: HookSpec, by: tuple[str, ...]) -> jax.Array:
+    """``prod [L, *hook.axes]`` summed over every axis not in ``by``, in ``by``'s order."""
+    axes = ("layer",) + hook.axes
+    kept = [a for a in axes if a in by]
+    summed = prod.sum(axis=tuple(i for i, a in enumerate(axes) if a not in by))
+    return jnp.transpose(summed, [kept.index(a) for a in by])
 
 
 @eqx.filter_jit
 def _attribute(model, base_tokens, source_tokens, attention_mask, metric, suffix, by, read):
-    source_logits, source = _forward(model, source_tokens, attention_mask, suffix, None, read)
+    hook = BY_NAME[suffix]
+    source_logits, source = _forward(model, source_tokens, attention_mask, hook, None, read)
 
     def run(delta):
-        logits, acts = _forward(model, base_tokens, attention_mask, suffix, delta, read)
+        logits, acts = _forward(model, base_tokens, attention_mask, hook, delta, read)
         return batch_mean(metric, logits), acts
 
     (base_metric, base_act), grad = jax.value_and_grad(run, has_aux=True)(jnp.zeros_like(source))
     prod = (source - base_act).astype(jnp.float32) * grad.astype(jnp.float32)
-    axes, swap = _sum_axes(suffix, by, prod.ndim)
-    est = prod.sum(axes)
-    est = jnp.swapaxes(est, 1, 2) if swap else est
-    return base_metric + est, base_metric, batch_mean(metric, source_logits)
+    return base_metric + _per_target(prod, hook, by), base_metric, batch_mean(metric, source_logits)
 
 
 def attribution_patching(

@@ -18,8 +18,15 @@ head's output), ``q``, ``k``, ``v``, ``pattern`` [("layer", "head"), ("layer", "
 
 The sweep is one compiled program over chunks of ``chunk_size`` targets, and each patched
 run recomputes only the layers after the patch and the positions from the patch on,
-reusing the unpatched run's keys and values (see :mod:`jaxinterp.interp._fast_forward`).
+reusing the unpatched run's keys and values (:func:`jaxinterp.models.partial.run_layers`,
+see :mod:`jaxinterp.interp._sweep`); a target whose source activation equals the base
+one (positions before the prompts first differ) is not run at all.
 :func:`patched_forward` is the plain single patch the sweep is checked against.
+
+Every sweep of this package (activation, attribution and path patching) returns a
+:class:`NamedArray` with ``attrs["clean"]`` and ``attrs["corrupted"]`` (so
+``.normalized()`` works), defaults to ``direction="denoising"`` (TransformerLens's:
+clean activations patched into the corrupted run) and chooses its chunk size itself.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,11 +45,13 @@ from jaxinterp.errors import ShapeError
 from jaxinterp.hooks import patch, run_with_hooks
 from jaxinterp.hooks._checks import is_traced
 from jaxinterp.hooks.interventions import check_index as _check_index
-from jaxinterp.interp import _fast_forward as F
+from jaxinterp.interp import _sweep
 from jaxinterp.interp._plan import COMPONENTS, enumerate_targets, pack, resolve, unknown_component
-from jaxinterp.interp.metrics import Metric, check_metric, read_positions
+from jaxinterp.interp.metrics import Metric, batch_mean, check_metric, read_positions
+from jaxinterp.models.hook_specs import BY_NAME
+from jaxinterp.models.partial import base_run, logits_at
 from jaxinterp.models.tokens import as_tokens
-from jaxinterp.models.transformer import HookedTransformer, check_tokens, positions_and_mask
+from jaxinterp.models.transformer import HookedTransformer, check_tokens
 from jaxinterp.named import NamedArray
 
 DIRECTIONS = ("denoising", "noising")
@@ -117,27 +127,17 @@ def activation_patching(
     suffix, by = resolve(component, by, model.hook_names())
     base_tokens, source_tokens = base_and_source(clean, corrupted, direction)
     check_metric(metric)
-    if chunk_size is None:
-        budget = 2048 if jax.default_backend() == "cpu" else 32768
-        chunk_size = max(1, 2 * budget // (clean.shape[0] * (clean.shape[1] + 1)))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = auto_chunk_size(chunk_size, clean.shape, 2)
     am = None if attention_mask is None else jnp.asarray(attention_mask)
-    k_hook, v_hook = F.kv_hooks(model)
-    names = tuple(dict.fromkeys(("hook_resid_pre", k_hook, v_hook, suffix)))
-    base_m, base_final, base_acts = F.collect_jit(model, base_tokens, am, names, metric)
-    source_m, _, source_acts = F.collect_jit(model, source_tokens, am, names, metric)
-    positions, _ = positions_and_mask(base_tokens, am)
-    valid = jnp.ones(base_tokens.shape, bool) if am is None else am > 0
-    base = F.BaseRun(base_acts["hook_resid_pre"], base_acts[k_hook], base_acts[v_hook],
-                     base_final, positions, valid)
-    n_heads = cfg.n_kv_heads if component in ("k", "v") else cfg.n_heads
-    targets = enumerate_targets(by, cfg.n_layers, n_heads, clean.shape[1])
-    chunks, index = pack(targets, clean.shape[1], chunk_size, cfg.n_layers)
     read = read_positions(metric, clean.shape[1])
-    out = np.zeros(len(targets.layer), np.float32)
+    base_m, base, base_act = _collect(model, base_tokens, am, suffix, metric, read)
+    source_m, _, source_act = _collect(model, source_tokens, am, suffix, metric, read)
+    targets = enumerate_targets(by, cfg.n_layers, BY_NAME[suffix].n_heads(cfg)[0], clean.shape[1])
+    ids = targets.changing(np.asarray(_sweep.changed_jit(base_act, source_act, BY_NAME[suffix])))
+    chunks, index = pack(targets, clean.shape[1], chunk_size, cfg.n_layers, ids)
+    out = np.full(len(targets.layer), float(base_m), np.float32)  # a no-op patch: the base metric
     for c, plan in enumerate(tqdm(chunks, desc=f"patching {component}", disable=not progress)):
-        values = np.asarray(F.run_chunk_jit(model, base, source_acts[suffix], plan, metric, suffix, read))
+        values = np.asarray(_sweep.run_chunk_jit(model, base, source_act, plan, metric, suffix, read))
         hit = index[c] >= 0
         out[index[c][hit]] = values[hit]
     clean_m, corrupt_m = (float(x) for x in ((source_m, base_m) if direction == "denoising" else (base_m, source_m)))
@@ -145,6 +145,26 @@ def activation_patching(
     attrs = {"component": component, "direction": direction, "clean": clean_m, "corrupted": corrupt_m,
              "metric": type(metric).__name__}
     return NamedArray(jnp.asarray(out.reshape(targets.shape)), by, labels, attrs)
+
+
+def auto_chunk_size(chunk_size: int | None, shape: tuple[int, int], per_target: float) -> int:
+    """``chunk_size`` checked, or (None) the number of patched runs per chunk that keeps about
+    2048 recomputed tokens per chunk on CPU (cache-friendly), 32768 elsewhere; a run of a
+    ``[batch, pos]`` prompt recomputes about ``batch * (pos + 1) / per_target`` tokens."""
+    if chunk_size is None:
+        budget = 2048 if jax.default_backend() == "cpu" else 32768
+        return max(1, int(budget * per_target) // (shape[0] * (shape[1] + 1)))
+    if not isinstance(chunk_size, int | np.integer) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int (or None: automatic), got {chunk_size!r}")
+    return int(chunk_size)
+
+
+@eqx.filter_jit
+def _collect(model, tokens, attention_mask, suffix, metric, read):
+    """The batch-mean metric, the :class:`BaseRun` and the ``[L, ...]`` activations at ``suffix``."""
+    run, cache = base_run(model, tokens, attention_mask, names=[f"blocks.*.{suffix}"])
+    x = run.final if read is None else run.final[:, jnp.asarray(read)]
+    return batch_mean(metric, logits_at(model, x, read, tokens.shape[1])), run, cache.stacked(f"blocks.*.{suffix}")
 
 
 def patched_forward(
@@ -167,8 +187,7 @@ def patched_forward(
         raise unknown_component(component)
     suffix, headed = COMPONENTS[component]
     layer = check_index("layer", layer, model.cfg.n_layers, "n_layers")
-    n_heads = model.cfg.n_kv_heads if component in ("k", "v") else model.cfg.n_heads
-    head = check_index("head", head, n_heads, "n_heads" if component not in ("k", "v") else "n_kv_heads")
+    head = check_index("head", head, *BY_NAME[suffix].n_heads(model.cfg))
     if head is not None and not headed:
         raise ShapeError(f"component {component!r} has no head axis")
     iv = patch(f"blocks.*.{suffix}", source, pos=pos, head=head, layer=layer)

@@ -4,19 +4,24 @@ Activation patching a head measures all of its effects at once. Path patching (W
 al. 2022, "Interpretability in the Wild") isolates one route: the senders' outputs are
 taken from the source run, everything else is held at its base value, and the change
 reaches the metric only through the receivers' inputs. With everything else frozen, a
-receiver's input residual is the base one plus the senders' output differences that
-write to it directly:
+receiver's input residual is the base one plus what the senders before it write:
 
-    resid_in(receiver) = resid_base + sum_{senders before it} (out_source - out_base)
+    resid_in(receiver) = resid_base + sum_{sender layers l < receiver} write_l
+    write_l = attn_out_l(z with the senders' heads from the source) - attn_out_l(base)
+              (+ mlp_out_l(source) - mlp_out_l(base) for an MLP sender)
 
-The receiver is recomputed from that input (e.g. head 9.9's queries:
-``LN1(resid_in) W_Q + b_Q``), patched into the base run, and everything downstream of
-the receivers runs normally. Senders: ``(layer, head)`` or ``(layer, "mlp")``. Receivers:
-``(layer, head, "q" | "k" | "v")``, ``(layer, "mlp")`` (the MLP's input) or ``"logits"``
-(the direct path into the unembedding; it cannot be combined with others).
+The receiver's layer runs on that input (with its own heads' outputs frozen the same
+way), its activations (e.g. head 9.9's queries) are patched into the base run, and
+everything from the first receiver layer on runs normally
+(:func:`jaxinterp.models.partial.run_layers`). Senders: ``(layer, head)`` or ``(layer,
+"mlp")``. Receivers: ``(layer, head, "q" | "k" | "v")``, ``(layer, "mlp")`` (the MLP's
+input) or ``"logits"`` (the direct path into the unembedding; not combined with others).
 
-The default direction is ``"noising"`` as in the paper: run the clean prompt, senders
-from the corrupted one; a large drop of the metric marks an important path.
+Like the other sweeps the default direction is ``"denoising"``: the corrupted prompt runs
+with senders from the clean one, and a rise of the metric marks a path that carries the
+behaviour. The paper noises (``direction="noising"``: clean run, corrupted senders; a
+drop marks the path). Both return a :class:`NamedArray` with ``attrs["clean"]`` and
+``attrs["corrupted"]``.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from jaxtyping import ArrayLike, Float, Int
 
 from jaxinterp.errors import ShapeError
 from jaxinterp.hooks import patch, run_with_hooks
-from jaxinterp.interp._fast_forward import forward_cache, unembed_by_position
-from jaxinterp.interp.metrics import Metric, batch_mean, check_metric
-from jaxinterp.interp.patching import base_and_source, check_index, check_pair
+from jaxinterp.interp.metrics import Metric, batch_mean, check_metric, read_positions
+from jaxinterp.interp.patching import auto_chunk_size, base_and_source, check_index, check_pair
 from jaxinterp.models import components as C
+from jaxinterp.models.hook_specs import BY_ALIAS, get_act_name, spec
+from jaxinterp.models.partial import base_run, logits_at, positions_and_mask, run_layers
 from jaxinterp.models.transformer import HookedTransformer
 from jaxinterp.named import NamedArray
 
@@ -71,10 +77,8 @@ def _check_receivers(model: HookedTransformer, receivers: Sequence[Receiver]) ->
             out.append(r)
             continue
         if isinstance(r, tuple | list) and len(r) == 3 and r[2] in ("q", "k", "v"):
-            n = cfg.n_heads if r[2] == "q" else cfg.n_kv_heads
             out.append((check_index("receiver layer", r[0], cfg.n_layers, "n_layers"),
-                        check_index("receiver head", r[1], n, "n_heads" if r[2] == "q" else "n_kv_heads"),
-                        r[2]))
+                        check_index("receiver head", r[1], *BY_ALIAS[r[2]].n_heads(cfg)), r[2]))
         elif isinstance(r, tuple | list) and len(r) == 2 and r[1] == "mlp" and cfg.has_mlp:
             out.append((check_index("receiver layer", r[0], cfg.n_layers, "n_layers"), "mlp"))
         else:
@@ -83,48 +87,66 @@ def _check_receivers(model: HookedTransformer, receivers: Sequence[Receiver]) ->
     return tuple(out)
 
 
-def _run(model, base_tokens, source_tokens, am, metric, receivers, head_w, mlp_w):
+def _receiver_hooks(model: HookedTransformer, r: Receiver) -> list[tuple[str, int | None]]:
+    """``(hook name, head)`` of the activations a receiver reads its input through."""
+    if r[1] == "mlp":  # the MLP's input: its pre-activations (both halves of a gated MLP)
+        names = [get_act_name(a, r[0]) for a in ("pre", "pre_linear")]
+        return [(n, None) for n in names if n in model.hook_names()]
+    return [(get_act_name(r[2], r[0]), r[1])]
+
+
+def _run(model, base_tokens, source_tokens, am, metric, receivers, read, head_w, mlp_w):
     """Batch-mean metric for each sender weighting ``head_w [T, L, H]``, ``mlp_w [T, L]``."""
     cfg = model.cfg
-    mlp = cfg.has_mlp
-    names = ("hook_resid_pre", "attn.hook_z") + (("hook_mlp_out",) if mlp else ()) + (
-        ("hook_resid_mid",) if mlp and not cfg.parallel_attn_mlp else ())
-    _, base_final, base = forward_cache(model, base_tokens, am, names)
-    _, _, src = forward_cache(model, source_tokens, am, names)
-    dz = src["attn.hook_z"] - base["attn.hook_z"]  # [L, B, P, H, e]
-    dmlp = src["hook_mlp_out"] - base["hook_mlp_out"] if mlp else None
-    blocks = model.blocks
+    n_pos = base_tokens.shape[1]
+    positions, mask = positions_and_mask(base_tokens, am)
+    names = [f"blocks.*.{BY_ALIAS[a].name}" for a in ("z", "attn_out", "mlp_out")[:2 + cfg.has_mlp]]
+    base, bc = base_run(model, base_tokens, am, names)
+    source, sc = base_run(model, source_tokens, am, names)
+    z_base, attn_base = bc.stacked(names[0]), bc.stacked(names[1])
+    dz = sc.stacked(names[0]) - z_base  # [L, B, P, H, e]
+    dmlp = sc.stacked(names[2]) - bc.stacked(names[2]) if cfg.has_mlp else None
+    index = None if read is None else jnp.broadcast_to(jnp.asarray(read), (base_tokens.shape[0], len(read)))
+    layers = sorted({r[0] for r in receivers if r != "logits"})
+
+    def at_read(name: str, value):  # the last layer queries at the read positions only
+        hook = spec(name)
+        if read is None or hook.at_keys or int(name.split(".")[1]) != cfg.n_layers - 1:
+            return value
+        return jnp.take(value, jnp.asarray(read), axis=hook.axis("pos"))
+
+    def measure(final):
+        x = final if read is None else final[:, jnp.asarray(read)]
+        return batch_mean(metric, logits_at(model, x, read, n_pos))
 
     def one(hw: Float[ArrayLike, "L H"], mw: Float[ArrayLike, " L"]):
-        heads = jnp.einsum("lbphe,lhed,lh->lbpd", dz, blocks.attn.W_O, hw)  # per layer
-        writes = heads + (mw[:, None, None, None] * dmlp if mlp else 0)
-        before = jnp.cumsum(writes, axis=0) - writes  # sum over layers < l
+        z_new = z_base + hw[:, None, None, :, None] * dz
+        attn = jax.vmap(lambda p, z: C.attn_output(cfg, p, z))(model.blocks, z_new)
+        writes = jnp.where(hw.any(-1)[:, None, None, None], attn - attn_base, 0.0)
+        writes = writes + (mw[:, None, None, None] * dmlp if cfg.has_mlp else 0.0)
+        before = jnp.cumsum(writes, axis=0) - writes  # what layers < l wrote
         if receivers == ("logits",):
-            return batch_mean(metric, unembed_by_position(model, base_final + writes.sum(0)))
+            return measure(base.final + writes.sum(0))
         ivs = []
-        for r in receivers:
-            layer = r[0]
-            params = jax.tree.map(lambda a, i=layer: a[i], blocks)
-            if r[1] == "mlp":
-                seq = not cfg.parallel_attn_mlp
-                x = (base["hook_resid_mid"][layer] + heads[layer] if seq else base["hook_resid_pre"][layer])
-                xn = C.normalize(cfg, params.ln2, x + before[layer], "ln2")
-                m = params.mlp
-                if m.W_gate is not None:
-                    ivs.append(patch(f"blocks.{layer}.mlp.hook_pre", jnp.einsum("bpd,dm->bpm", xn, m.W_gate)))
-                pre = jnp.einsum("bpd,dm->bpm", xn, m.W_in) + (0 if m.b_in is None else m.b_in)
-                name = "hook_pre_linear" if m.W_gate is not None else "hook_pre"
-                ivs.append(patch(f"blocks.{layer}.mlp.{name}", pre))
-                continue
-            head, kind = r[1], r[2]
-            xn = C.normalize(cfg, params.ln1, base["hook_resid_pre"][layer] + before[layer], "ln1")
-            W, b = {"q": (params.attn.W_Q, params.attn.b_Q), "k": (params.attn.W_K, params.attn.b_K),
-                    "v": (params.attn.W_V, params.attn.b_V)}[kind]
-            new = jnp.einsum("bpd,hde->bphe", xn, W) + (0 if b is None else b)
-            ivs.append(patch(f"blocks.{layer}.attn.hook_{kind}", new, head=head))
-        return batch_mean(metric, run_with_hooks(model, base_tokens, am, interventions=ivs))
+        for layer in layers:  # run the receiver's layer on its path-patched input
+            hooks = [h for r in receivers if r[0] == layer for h in _receiver_hooks(model, r)]
+            z_iv = patch(get_act_name("z", layer), z_new[layer])
 
-    return jax.lax.map(lambda w: jax.vmap(one)(*w), (head_w, mlp_w))
+            def run(x, layer=layer):
+                return run_layers(model, x, positions, mask, start=layer, stop=layer + 1)[0]
+
+            _, cache = run_with_hooks(run, base.resid_pre[layer] + before[layer], interventions=[z_iv],
+                                      names=[n for n, _ in hooks])
+            ivs += [patch(n, at_read(n, cache[n]), head=head) for n, head in hooks]
+
+        def rest(x):
+            return run_layers(model, x, positions, mask, start=layers[0], read=index)[0]
+
+        x = run_with_hooks(rest, base.resid_pre[layers[0]], interventions=ivs)
+        return batch_mean(metric, logits_at(model, x, read, n_pos))
+
+    values = jax.lax.map(lambda w: jax.vmap(one)(*w), (head_w, mlp_w))
+    return values, measure(base.final), measure(source.final)
 
 
 _run_jit = eqx.filter_jit(_run)
@@ -135,7 +157,14 @@ def _prepare(model, clean_tokens, corrupted_tokens, metric, receivers, direction
     base_tokens, source_tokens = base_and_source(clean, corrupted, direction)
     check_metric(metric)
     am = None if attention_mask is None else jnp.asarray(attention_mask)
-    return base_tokens, source_tokens, am, _check_receivers(model, receivers)
+    read = read_positions(metric, clean.shape[1])
+    return base_tokens, source_tokens, am, _check_receivers(model, receivers), read
+
+
+def _attrs(direction, receivers, base_m, source_m, **more) -> dict:
+    clean, corrupted = (source_m, base_m) if direction == "denoising" else (base_m, source_m)
+    return {"direction": direction, "receivers": [str(r) for r in receivers], "clean": float(clean),
+            "corrupted": float(corrupted), **more}
 
 
 def path_patching(
@@ -146,21 +175,29 @@ def path_patching(
     senders: Sequence[Sender],
     receivers: Sequence[Receiver] | str,
     *,
-    direction: str = "noising",
+    direction: str = "denoising",
     attention_mask: Int[ArrayLike, "batch pos"] | None = None,
-) -> float:
-    """Batch-mean metric with the paths ``senders -> receivers`` patched (module docstring)."""
-    base_tokens, source_tokens, am, receivers = _prepare(
+) -> NamedArray:
+    """Batch-mean metric with the paths ``senders -> receivers`` patched (module docstring).
+
+    Returns a 0-d :class:`NamedArray` (``float(result)`` is the metric) with ``attrs``
+    ``clean``/``corrupted`` (so ``result.normalized()`` works), ``senders``, ``receivers``
+    and ``direction``.
+    """
+    base_tokens, source_tokens, am, receivers, read = _prepare(
         model, clean_tokens, corrupted_tokens, metric, receivers, direction, attention_mask)
     cfg = model.cfg
-    head_w, mlp_w = jnp.zeros((1, 1, cfg.n_layers, cfg.n_heads)), jnp.zeros((1, 1, cfg.n_layers))
-    for layer, what in _check_senders(model, senders):
+    senders = _check_senders(model, senders)
+    head_w, mlp_w = np.zeros((1, 1, cfg.n_layers, cfg.n_heads), np.float32), np.zeros((1, 1, cfg.n_layers), np.float32)
+    for layer, what in senders:
         if what == "mlp":
-            mlp_w = mlp_w.at[0, 0, layer].set(1.0)
+            mlp_w[0, 0, layer] = 1.0
         else:
-            head_w = head_w.at[0, 0, layer, what].set(1.0)
-    out = _run_jit(model, base_tokens, source_tokens, am, metric, receivers, head_w, mlp_w)
-    return float(out[0, 0])
+            head_w[0, 0, layer, what] = 1.0
+    out, base_m, source_m = _run_jit(model, base_tokens, source_tokens, am, metric, receivers, read,
+                                     jnp.asarray(head_w), jnp.asarray(mlp_w))
+    attrs = _attrs(direction, receivers, base_m, source_m, senders=[str(s) for s in senders])
+    return NamedArray(out[0, 0], (), {}, attrs)
 
 
 def path_patching_sweep(
@@ -170,19 +207,24 @@ def path_patching_sweep(
     metric: Metric,
     receivers: Sequence[Receiver] | str,
     *,
-    direction: str = "noising",
+    direction: str = "denoising",
     attention_mask: Int[ArrayLike, "batch pos"] | None = None,
-    chunk_size: int = 8,
+    chunk_size: int | None = None,
 ) -> NamedArray:
-    """Path patching from every head on its own to ``receivers``: a ``(layer, head)`` map."""
-    base_tokens, source_tokens, am, receivers = _prepare(
+    """Path patching from every head on its own to ``receivers``: a ``(layer, head)`` map.
+
+    ``chunk_size``: patched runs computed together (default: chosen from the prompt size,
+    as for :func:`~jaxinterp.interp.activation_patching`). Returns a :class:`NamedArray`
+    with ``attrs`` ``clean``/``corrupted`` and ``direction``.
+    """
+    base_tokens, source_tokens, am, receivers, read = _prepare(
         model, clean_tokens, corrupted_tokens, metric, receivers, direction, attention_mask)
     cfg = model.cfg
+    chunk_size = auto_chunk_size(chunk_size, base_tokens.shape, 1)
     n = cfg.n_layers * cfg.n_heads
-    n_chunks = -(-(n + 1) // chunk_size)  # one more run, with no sender: the base metric
+    n_chunks = -(-n // chunk_size)
     head_w = jnp.eye(n_chunks * chunk_size, n).reshape(n_chunks, chunk_size, cfg.n_layers, cfg.n_heads)
     mlp_w = jnp.zeros((n_chunks, chunk_size, cfg.n_layers))
-    out = _run_jit(model, base_tokens, source_tokens, am, metric, receivers, head_w, mlp_w).reshape(-1)
-    values = out[:n].reshape(cfg.n_layers, cfg.n_heads)
-    attrs = {"receivers": [str(r) for r in receivers], "direction": direction, "base": float(out[n])}
-    return NamedArray(values, ("layer", "head"), {}, attrs)
+    out, base_m, source_m = _run_jit(model, base_tokens, source_tokens, am, metric, receivers, read, head_w, mlp_w)
+    values = out.reshape(-1)[:n].reshape(cfg.n_layers, cfg.n_heads)
+    return NamedArray(values, ("layer", "head"), {}, _attrs(direction, receivers, base_m, source_m))

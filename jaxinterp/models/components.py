@@ -163,36 +163,48 @@ def _bias(x: Array, b: Array | None) -> Array:
     return x if b is None else x + b
 
 
+def take_tokens(a: Array, index: Int[Array, "b m"] | None) -> Array:
+    """``a[:, index]`` per row (``a`` is ``[b, t, ...]``); ``a`` itself when ``index`` is None."""
+    if index is None:
+        return a
+    return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1)
+
+
 def attention(
     cfg: TransformerConfig,
     p: AttnParams,
-    x: Float[Array, "b q d"],
-    positions: Int[Array, "b q"],
+    x: Float[Array, "b t d"],
+    positions: Int[Array, "b t"],
     mask: Bool[Array, "b q k"],
     kv: tuple[Array, Array] | None = None,
     cache_index: Array | int = 0,
     *,
     spec: LayerSpec | None = None,
     key_positions: Int[Array, "b k"] | None = None,
-) -> tuple[Float[Array, "b q d"], tuple[Array, Array]]:
-    """Multi-head (grouped-query) attention with hooks q, k, v, attn_scores, pattern, z, result.
+    queries: Int[Array, "b q"] | None = None,
+) -> tuple[Float[Array, "b q h e"], tuple[Array, Array]]:
+    """Multi-head (grouped-query) attention with hooks q, k, v, attn_scores, pattern, z.
 
-    Without ``kv`` the keys are the queries' own positions. With a key/value cache
-    ``kv = (k_cache, v_cache)`` of shape ``[b, k, g, e]``, this call's keys and values are
-    written at ``cache_index`` and attention runs over the whole cache (``mask`` covers it;
-    a local layer also needs the cache's ``key_positions``). ``spec`` is this layer's
-    window and rotary frequencies (default: the model's, when all its layers are alike).
-    Returns the attention output and the (updated) keys and values.
+    Every token of ``x`` gives keys and values; the tokens at ``queries`` (indices into
+    ``x``'s positions, per row; default all) also query, so ``q`` and everything after it
+    cover those tokens only and ``mask`` has one row per query. Without ``kv`` the keys are
+    the tokens' own. With a key/value buffer ``kv = (k_buf, v_buf)`` of shape ``[b, k, g,
+    e]``, this call's keys and values are written at ``cache_index`` and attention runs
+    over the whole buffer (``mask`` covers it; a local layer also needs the buffer's
+    ``key_positions``). ``spec`` is this layer's window and rotary frequencies (default:
+    the model's, when all its layers are alike). Returns each head's output ``z`` and the
+    (updated) keys and values.
     """
     spec = uniform_spec(cfg) if spec is None else spec
-    q = tag("attn.hook_q", _bias(jnp.einsum("bqd,hde->bqhe", x, p.W_Q), p.b_Q))
+    x_q, q_positions = take_tokens(x, queries), take_tokens(positions, queries)
+    q = tag("attn.hook_q", _bias(jnp.einsum("bqd,hde->bqhe", x_q, p.W_Q), p.b_Q))
     k = tag("attn.hook_k", _bias(jnp.einsum("bkd,gde->bkge", x, p.W_K), p.b_K))
     v = tag("attn.hook_v", _bias(jnp.einsum("bkd,gde->bkge", x, p.W_V), p.b_V))
     if p.q_norm is not None:
         q = normalize(cfg, p.q_norm, q, "attn.q_norm", kind="RMS")
         k = normalize(cfg, p.k_norm, k, "attn.k_norm", kind="RMS")
     if cfg.positional_embedding_type == "rotary":
-        q = tag("attn.hook_rot_q", rotary(cfg, q, positions, spec.inv_freq))
+        q = tag("attn.hook_rot_q", rotary(cfg, q, q_positions, spec.inv_freq))
         k = tag("attn.hook_rot_k", rotary(cfg, k, positions, spec.inv_freq))
     if kv is not None:
         k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
@@ -202,7 +214,7 @@ def attention(
             raise ConfigError("attention over a key/value cache on a model with local layers needs "
                               "the cache's key_positions")
         key_pos = positions if kv is None else key_positions
-        mask = mask & (positions[:, :, None] - key_pos[:, None, :] < spec.window)
+        mask = mask & (q_positions[:, :, None] - key_pos[:, None, :] < spec.window)
     group = cfg.n_heads // cfg.n_kv_heads
     k_h, v_h = (jnp.repeat(t, group, axis=2) if group > 1 else t for t in (k, v))
     scores = jnp.einsum("bqhe,bkhe->bhqk", q, k_h).astype(jnp.float32) / cfg.scale
@@ -211,13 +223,20 @@ def attention(
     scores = tag("attn.hook_attn_scores", scores)
     pattern = tag("attn.hook_pattern", jax.nn.softmax(scores, axis=-1)).astype(x.dtype)
     z = tag("attn.hook_z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v_h))
+    return z, (k, v)
+
+
+def attn_output(cfg: TransformerConfig, p: BlockParams, z: Float[Array, "b q h e"]) -> Float[Array, "b q d"]:
+    """What a block's attention writes to the residual stream from its heads' outputs:
+    ``ln1_post(sum_h z_h W_O[h] + b_O)`` (hooks ``attn.hook_result``, when asked for, and
+    ``ln1_post``). Path patching calls it with some heads' ``z`` swapped."""
+    a = p.attn
     if is_hooked("attn.hook_result"):
-        result = tag("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, p.W_O))
+        result = tag("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, a.W_O))
         out = result.sum(axis=2)
     else:
-        out = jnp.einsum("bqhe,hed->bqd", z, p.W_O)
-    return _bias(out, p.b_O), (k, v)
-
+        out = jnp.einsum("bqhe,hed->bqd", z, a.W_O)
+    return normalize(cfg, p.ln1_post, _bias(out, a.b_O), "ln1_post")
 
 
 def mlp(cfg: TransformerConfig, p: MLPParams, x: Float[Array, "b p d"]) -> Float[Array, "b p d"]:
@@ -235,15 +254,18 @@ def mlp(cfg: TransformerConfig, p: MLPParams, x: Float[Array, "b p d"]) -> Float
 
 
 def block(cfg: TransformerConfig, p: BlockParams, x, positions, mask, kv=None, cache_index=0, *,
-          spec: LayerSpec | None = None, key_positions=None):
+          spec: LayerSpec | None = None, key_positions=None, queries=None):
     """One transformer block (sequential, or parallel attention+MLP as in GPT-NeoX/GPT-J).
 
-    ``spec``, ``kv``, ``cache_index`` and ``key_positions`` are passed to :func:`attention`.
+    ``spec``, ``kv``, ``cache_index``, ``key_positions`` and ``queries`` are passed to
+    :func:`attention`. With ``queries`` the block returns the residual stream at those
+    tokens only (the hooks before attention see every token; see ``HookSpec.at_keys``).
     """
     x = tag("hook_resid_pre", x)
-    attn_out, kv = attention(cfg, p.attn, normalize(cfg, p.ln1, x, "ln1"), positions, mask, kv,
-                             cache_index, spec=spec, key_positions=key_positions)
-    attn_out = tag("hook_attn_out", normalize(cfg, p.ln1_post, attn_out, "ln1_post"))
+    z, kv = attention(cfg, p.attn, normalize(cfg, p.ln1, x, "ln1"), positions, mask, kv, cache_index,
+                      spec=spec, key_positions=key_positions, queries=queries)
+    x = take_tokens(x, queries)
+    attn_out = tag("hook_attn_out", attn_output(cfg, p, z))
     if p.mlp is None:
         return tag("hook_resid_post", x + attn_out), kv
     if not cfg.parallel_attn_mlp:

@@ -66,13 +66,26 @@ def _mlp_post_norm(cfg: TransformerConfig) -> bool:
 @dataclasses.dataclass(frozen=True)
 class HookSpec:
     """One hook point: ``name`` (inside ``blocks.{l}`` when ``layered``), its ``axes``, the
-    TransformerLens short ``alias`` (``"z"`` for ``attn.hook_z``) and when a config has it."""
+    TransformerLens short ``alias`` (``"z"`` for ``attn.hook_z``) and when a config has it.
+
+    ``at_keys``: computed for every token before attention mixes positions (the residual
+    stream, ``ln1``, keys and values). When a block runs its queries at some tokens only
+    (:func:`jaxinterp.models.partial.run_layers` with ``read``), these hooks still cover
+    every token; the others cover the querying tokens. ``kv_heads``: the head axis runs
+    over key/value heads (``n_key_value_heads`` of them, grouped-query attention).
+    """
 
     name: str
     axes: Axes
     layered: bool = True
     alias: str | None = None
     present: Callable[[TransformerConfig], bool] = _always
+    at_keys: bool = False
+    kv_heads: bool = False
+
+    def n_heads(self, cfg: TransformerConfig) -> tuple[int, str]:
+        """The size of the head axis and the config field it comes from."""
+        return (cfg.n_kv_heads, "n_key_value_heads") if self.kv_heads else (cfg.n_heads, "n_heads")
 
     def axis(self, name: str) -> int | None:
         """Index of axis ``name`` counted from the end (valid with or without a batch axis)."""
@@ -84,18 +97,18 @@ SPECS: tuple[HookSpec, ...] = (
     HookSpec("hook_embed", RESID, False, "embed"),
     HookSpec("hook_pos_embed", RESID, False, "pos_embed",
              lambda cfg: cfg.positional_embedding_type == "standard"),
-    HookSpec("hook_resid_pre", RESID, alias="resid_pre"),
-    HookSpec("ln1.hook_scale", SCALE, present=_norm),
-    HookSpec("ln1.hook_normalized", RESID, present=_norm),
+    HookSpec("hook_resid_pre", RESID, alias="resid_pre", at_keys=True),
+    HookSpec("ln1.hook_scale", SCALE, present=_norm, at_keys=True),
+    HookSpec("ln1.hook_normalized", RESID, present=_norm, at_keys=True),
     HookSpec("attn.hook_q", HEADS, alias="q"),
-    HookSpec("attn.hook_k", HEADS, alias="k"),
-    HookSpec("attn.hook_v", HEADS, alias="v"),
+    HookSpec("attn.hook_k", HEADS, alias="k", at_keys=True, kv_heads=True),
+    HookSpec("attn.hook_v", HEADS, alias="v", at_keys=True, kv_heads=True),
     HookSpec("attn.q_norm.hook_scale", ("batch", "pos", "head", "one"), present=_qk_norm),
     HookSpec("attn.q_norm.hook_normalized", HEADS, present=_qk_norm),
-    HookSpec("attn.k_norm.hook_scale", ("batch", "pos", "head", "one"), present=_qk_norm),
-    HookSpec("attn.k_norm.hook_normalized", HEADS, present=_qk_norm),
+    HookSpec("attn.k_norm.hook_scale", ("batch", "pos", "head", "one"), present=_qk_norm, at_keys=True, kv_heads=True),
+    HookSpec("attn.k_norm.hook_normalized", HEADS, present=_qk_norm, at_keys=True, kv_heads=True),
     HookSpec("attn.hook_rot_q", HEADS, alias="rot_q", present=_rotary),
-    HookSpec("attn.hook_rot_k", HEADS, alias="rot_k", present=_rotary),
+    HookSpec("attn.hook_rot_k", HEADS, alias="rot_k", present=_rotary, at_keys=True, kv_heads=True),
     HookSpec("attn.hook_attn_scores", GRID, alias="attn_scores"),
     HookSpec("attn.hook_pattern", GRID, alias="pattern"),
     HookSpec("attn.hook_z", HEADS, alias="z"),

@@ -26,11 +26,17 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxinterp.errors import ConfigError, ShapeError, TokenError
-from jaxinterp.hooks import scan_layers
 from jaxinterp.models import components as C
 from jaxinterp.models import tokens as tokens_lib
 from jaxinterp.models.config import TransformerConfig
-from jaxinterp.models.hook_specs import hook_names_for, tag
+from jaxinterp.models.hook_specs import hook_names_for
+from jaxinterp.models.partial import (  # noqa: F401  (re-exported: the forward's pieces)
+    embed,
+    layer_inputs,
+    positions_and_mask,
+    run_layers,
+    unembed,
+)
 
 
 class HookedTransformer(eqx.Module):
@@ -136,64 +142,13 @@ class HookedTransformer(eqx.Module):
         return unembed(self, x)
 
 
-# Pieces of the forward pass, reusable by patching and generation ------------------
-
-
-def positions_and_mask(tokens, attention_mask=None):
-    """Positions ``[b, p]`` and the causal-and-padding attention mask ``[b, q, k]``."""
-    seq = tokens.shape[-1]
-    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))[None]
-    if attention_mask is None:
-        positions = jnp.broadcast_to(jnp.arange(seq), tokens.shape)
-        return positions, causal
-    am = jnp.asarray(attention_mask).astype(jnp.int32)
-    positions = jnp.maximum(jnp.cumsum(am, axis=-1) - 1, 0)
-    return positions, causal & (am[:, None, :] > 0)
-
-
-def embed(model: HookedTransformer, tokens, positions) -> Float[Array, "b p d"]:
-    x = model.W_E[tokens]
-    if model.cfg.embed_scale != 1.0:  # in the weights' dtype, as Gemma
-        x = x * jnp.asarray(model.cfg.embed_scale, x.dtype)
-    x = tag("hook_embed", x)
-    if model.cfg.positional_embedding_type == "standard":
-        x = x + tag("hook_pos_embed", model.W_pos[positions])
-    return x
+# The model's layers: the partial forward from layer ``start`` (models/partial.py) ----
 
 
 def run_blocks(model: HookedTransformer, x, positions, mask, *, start: int = 0,
                stop: int | None = None, remat: bool = False):
     """Runs layers ``start:stop`` of the model on the residual stream ``x``."""
-    cfg = model.cfg
-    stop = cfg.n_layers if stop is None else stop
-    if not 0 <= start <= stop <= cfg.n_layers:
-        raise ShapeError(f"layer range {start}:{stop} is outside 0:{cfg.n_layers}")
-    params = layer_inputs(model, start, stop)
-
-    def one(h, p_spec):
-        p, spec = p_spec
-        return C.block(cfg, p, h, positions, mask, spec=spec)[0]
-
-    x, _ = scan_layers(one, x, params, n_layers=stop - start, remat=remat, first_layer=start)
-    return x
-
-
-def layer_inputs(model: HookedTransformer, start: int = 0, stop: int | None = None):
-    """``(blocks, specs)`` of layers ``start:stop``: the stacked weights and
-    :class:`~jaxinterp.models.components.LayerSpec` that ``scan_layers`` runs over."""
-    stop = model.cfg.n_layers if stop is None else stop
-    params = (model.blocks, C.layer_specs(model.cfg))
-    if (start, stop) != (0, model.cfg.n_layers):
-        params = jax.tree.map(lambda a: a[start:stop], params)
-    return params
-
-
-def unembed(model: HookedTransformer, x) -> Float[Array, "b p v"]:
-    if model.cfg.final_norm:
-        x = C.normalize(model.cfg, model.ln_final, x, "ln_final")
-    logits = jnp.einsum("bpd,dv->bpv", x, model.unembed_matrix)
-    logits = logits if model.b_U is None else logits + model.b_U
-    return C.soft_cap(logits, model.cfg.output_logits_soft_cap)
+    return run_layers(model, x, positions, mask, start=start, stop=stop, remat=remat)[0]
 
 
 # Validation, before tracing --------------------------------------------------------

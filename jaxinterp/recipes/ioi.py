@@ -1,13 +1,14 @@
 """Indirect object identification: activation patching, attribution patching and the logit lens.
 
-Trains a small transformer on synthetic IOI prompts ("When Mary and John went to the
-store, John gave a drink to" -> Mary), or loads one with ``--checkpoint``, then writes to
+Trains a small transformer on synthetic IOI prompts (:mod:`jaxinterp.data.ioi`: "When
+Mary and John went to the store, John gave a drink to" -> Mary) with
+:func:`train_ioi_model`, or loads one with ``--checkpoint``, then writes to
 ``runs/<name>/``:
 
 * ``resid_sweep.png``: residual-stream patching (layer x position, denoising the ABC
   corruption) beside its attribution-patching estimate, normalised (1 = clean behaviour);
 * ``head_sweep.png``: the same for every head's output, and the direct path of every
-  head to the logits (path patching);
+  head to the logits (path patching); all denoising and normalised;
 * ``logit_lens.png``: logit difference and P(IO) read from every layer's residual;
 * ``dla.png``: direct logit attribution per head;
 * ``metrics.json``, ``model.safetensors``.
@@ -20,27 +21,75 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Int
 
+from jaxinterp.data.ioi import END_POS, ROLES, TEMPLATE, VOCAB, ioi_batch
 from jaxinterp.errors import ConfigError
 from jaxinterp.interp import (
-    NamedArray,
     activation_patching,
     attribution_patching,
     compare_attribution,
     direct_logit_attribution,
+    logit_diff,
     logit_lens,
     path_patching_sweep,
 )
-from jaxinterp.interp.ioi import END_POS, ROLES, ioi_batch, ioi_config, ioi_loss, train_ioi_model
 from jaxinterp.io.weights import load_weights, save_weights
-from jaxinterp.models import init_transformer
+from jaxinterp.models import HookedTransformer, TransformerConfig, init_transformer
 from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.viz import heatmap, heatmaps, line_plot
+
+
+def ioi_config(n_layers: int = 2, d_model: int = 64, n_heads: int = 4, **kw) -> TransformerConfig:
+    """A small GPT-2-style model for the IOI vocabulary."""
+    return TransformerConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_head=d_model // n_heads,
+                             d_mlp=4 * d_model, d_vocab=len(VOCAB), n_ctx=len(TEMPLATE), **kw)
+
+
+def ioi_loss(model: HookedTransformer, tokens: Int[Array, "n pos"], io: Int[Array, " n"]):
+    """Cross-entropy of the IO name at the last position, and the accuracy."""
+    logits = model(tokens)[:, -1].astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)
+    loss = -jnp.take_along_axis(logp, io[:, None], -1).mean()
+    return loss, {"accuracy": (logits.argmax(-1) == io).mean()}
+
+
+def train_ioi_model(steps: int = 600, *, seed: int = 0, batch_size: int = 64, lr: float = 4e-3,
+                    cfg: TransformerConfig | None = None, runs_dir: str | None = None,
+                    name: str = "ioi_train", progress: bool = False) -> tuple[HookedTransformer, list[dict]]:
+    """Trains a model on IOI prompts with :func:`jaxinterp.train.train`.
+
+    Returns the model and the logged metrics. Without ``runs_dir`` the run's files go to
+    a temporary folder.
+    """
+    import optax
+
+    from jaxinterp.train import TrainConfig, train
+
+    cfg = cfg or ioi_config()
+    model = init_transformer(cfg, jax.random.key(seed))
+    pool = ioi_batch(batch_size * 64, seed=seed + 1)
+
+    def batch_fn(step: int):
+        i = (step % 64) * batch_size
+        return pool.clean[i:i + batch_size], pool.io[i:i + batch_size]
+
+    def loss_fn(params, batch, key):
+        return ioi_loss(params, *batch)
+
+    opt = optax.adam(lr)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(steps=steps, seed=seed, log_every=max(1, steps // 20), name=name,
+                             runs_dir=runs_dir or tmp, progress=progress)
+        result = train(loss_fn, model, opt, batch_fn, config)
+    return result.params, list(result.metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +140,7 @@ def run_ioi(config: IOIConfig) -> dict:
     t_train = time.perf_counter() - t0
 
     data = ioi_batch(args.prompts, seed=args.seed + 100)
-    metric = data.metric()
+    metric = logit_diff(data.io, data.s)  # logit(IO) - logit(S) at the last position
     loss, acc = ioi_loss(model, data.clean, data.io)
     print(f"held-out IOI: loss {float(loss):.3f}, accuracy {float(acc['accuracy']):.2%}")
 
@@ -103,14 +152,13 @@ def run_ioi(config: IOIConfig) -> dict:
     t_attr = time.perf_counter() - t0
     heads = activation_patching(model, data.clean, data.corrupted, metric, "z", by=("layer", "head"))
     heads_attr = attribution_patching(model, data.clean, data.corrupted, metric, "z", by=("layer", "head"))
-    direct = path_patching_sweep(model, data.clean, data.corrupted, metric, "logits")
+    direct = path_patching_sweep(model, data.clean, data.corrupted, metric, "logits")  # denoising
     print(f"clean logit diff {resid.attrs['clean']:.3f}, corrupted {resid.attrs['corrupted']:.3f}")
 
     heatmaps({"activation patching": resid.normalized(), "attribution patching": resid_attr.normalized()},
              out / "resid_sweep.png", suptitle="IOI: residual stream (denoising S2), normalised")
-    drop = direct.values - direct.attrs["base"]
     heatmaps({"patch head output": heads.normalized(), "attribution estimate": heads_attr.normalized(),
-              "direct path to logits (noising)": NamedArray(drop, ("layer", "head"))},
+              "direct path to logits": direct.normalized()},
              out / "head_sweep.png", shared_scale=False, suptitle="IOI: heads")
 
     lens = logit_lens(model, data.clean, pos=END_POS)

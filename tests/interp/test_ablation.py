@@ -51,13 +51,13 @@ def test_neuron_layer_and_direction_ablations(prompts):
     assert np.all(np.asarray(out) == 0)
     u = jax.random.normal(jax.random.key(4), (32,))
     name = "blocks.1.hook_resid_post"
-    x = captured(model, clean, [ablate_direction(model, name, u)], name)
+    x = captured(model, clean, ablate_direction(model, name, u), name)
     _, base = run_with_cache(model, clean, names=name)
     unit = u / jnp.linalg.norm(u)
     np.testing.assert_allclose(x @ unit, 0.0, atol=1e-5)  # the component along u is gone
     rest = base[name] - (base[name] @ unit)[..., None] * unit
     np.testing.assert_allclose(x, rest, atol=1e-5)  # and nothing else moved
-    x = captured(model, clean, [ablate_direction(model, name, u, method="mean", reference=corrupted)], name)
+    x = captured(model, clean, ablate_direction(model, name, u, method="mean", reference=corrupted), name)
     _, ref = run_with_cache(model, corrupted, names=name)
     np.testing.assert_allclose(x @ unit, jnp.broadcast_to((ref[name] @ unit).mean(0), x.shape[:2]), atol=1e-5)
 
@@ -66,7 +66,7 @@ def test_edge_knockout_equals_masking_the_scores(prompts):
     clean, _, _, _ = prompts
     model = tiny("gpt2")
     edges = [(4, 2), (4, 3), (6, 0)]
-    got = run_with_hooks(model, clean, interventions=[knockout_edges(model, 1, edges, head=2, n_pos=7)])
+    got = run_with_hooks(model, clean, interventions=knockout_edges(model, 1, edges, head=2, n_pos=7))
     mask = np.zeros((7, 7), bool)
     for q, k in edges:
         mask[q, k] = True

@@ -57,10 +57,10 @@ def test_scanned_and_undeclared_metric_paths_agree(prompts, monkeypatch):
 
 
 def test_correlates_with_exact_patching_on_a_trained_model(ioi_model):
-    from jaxinterp.interp.ioi import ioi_batch
+    from jaxinterp.data.ioi import ioi_batch
 
     data = ioi_batch(16, seed=7)
-    metric = data.metric()
+    metric = logit_diff(data.io, data.s)
     by = ("layer", "head", "pos")
     exact = activation_patching(ioi_model, data.clean, data.corrupted, metric, "z", by=by)
     est = attribution_patching(ioi_model, data.clean, data.corrupted, metric, "z", by=by)

@@ -17,11 +17,16 @@ def test_empty_sender_set_is_a_no_op(prompts, family):
     metric = logit_diff(correct, wrong)
     base = float(metric(model(clean)).mean())
     receivers = [(2, 1, "q"), (1, 0, "k"), (2, 1, "v"), (1, "mlp")]
-    assert path_patching(model, clean, corrupted, metric, [], receivers) == pytest.approx(base, abs=1e-5)
+    none = path_patching(model, clean, corrupted, metric, [], receivers, direction="noising")
+    assert none.axes == () and float(none) == pytest.approx(base, abs=1e-5)
+    assert none.attrs["clean"] == pytest.approx(base, abs=1e-5) and float(none.normalized()) == pytest.approx(1.0, abs=1e-3)
     # ...and senders at or after a receiver's layer have no path to it.
     late = [(2, 0), (2, 3), (2, "mlp")]
-    assert path_patching(model, clean, corrupted, metric, late, receivers) == pytest.approx(base, abs=1e-5)
-    assert path_patching(model, clean, corrupted, metric, [], "logits") == pytest.approx(base, abs=1e-5)
+    assert float(path_patching(model, clean, corrupted, metric, late, receivers, direction="noising")) == \
+        pytest.approx(base, abs=1e-5)
+    # The default direction is denoising: the corrupted prompt runs.
+    assert float(path_patching(model, clean, corrupted, metric, [], "logits")) == \
+        pytest.approx(float(metric(model(corrupted)).mean()), abs=1e-5)
 
 
 def test_direct_path_to_logits_equals_patching_a_last_layer_head(prompts):
@@ -31,8 +36,8 @@ def test_direct_path_to_logits_equals_patching_a_last_layer_head(prompts):
     _, cache = run_with_cache(model, corrupted, names="blocks.2.attn.hook_z")
     iv = patch("blocks.2.attn.hook_z", cache["blocks.2.attn.hook_z"], head=1)
     want = float(metric(run_with_hooks(model, clean, interventions=[iv])).mean())
-    got = path_patching(model, clean, corrupted, metric, [(2, 1)], "logits")
-    assert got == pytest.approx(want, abs=1e-5)
+    got = path_patching(model, clean, corrupted, metric, [(2, 1)], "logits", direction="noising")
+    assert float(got) == pytest.approx(want, abs=1e-5)
     assert abs(want - float(metric(model(clean)).mean())) > 1e-2
 
 
@@ -47,8 +52,8 @@ def test_path_through_values_matches_manual_two_step_patch(prompts):
                        model.W_O[0, 3])
     v = jnp.einsum("bpd,hde->bphe", c["blocks.2.hook_resid_pre"] + delta, model.W_V[2]) + model.blocks.attn.b_V[2]
     want = float(metric(run_with_hooks(model, clean, interventions=[patch("blocks.2.attn.hook_v", v, head=2)])).mean())
-    got = path_patching(model, clean, corrupted, metric, [(0, 3)], [(2, 2, "v")])
-    assert got == pytest.approx(want, abs=1e-5)
+    got = path_patching(model, clean, corrupted, metric, [(0, 3)], [(2, 2, "v")], direction="noising")
+    assert float(got) == pytest.approx(want, abs=1e-5)
 
 
 def test_sweep_matches_single_calls(prompts):
@@ -60,8 +65,12 @@ def test_sweep_matches_single_calls(prompts):
     assert sweep.axes == ("layer", "head") and sweep.shape == (3, 4)
     for layer, head in [(0, 1), (1, 3)]:
         one = path_patching(model, clean, corrupted, metric, [(layer, head)], receivers)
-        assert float(sweep.values[layer, head]) == pytest.approx(one, abs=1e-5)
-    np.testing.assert_allclose(np.asarray(sweep.values[2]), sweep.attrs["base"], atol=1e-5)
+        assert float(sweep.values[layer, head]) == pytest.approx(float(one), abs=1e-5)
+    # Layer 2's heads have no path to layer-2 receivers: the corrupted run's metric (denoising).
+    np.testing.assert_allclose(np.asarray(sweep.values[2]), sweep.attrs["corrupted"], atol=1e-5)
+    assert sweep.attrs["corrupted"] == pytest.approx(float(metric(model(corrupted)).mean()), abs=1e-5)
+    assert sweep.attrs["clean"] == pytest.approx(float(metric(model(clean)).mean()), abs=1e-5)
+    np.testing.assert_allclose(np.asarray(sweep.normalized().values[2]), 0.0, atol=1e-4)
 
 
 def test_bad_senders_and_receivers(prompts):
