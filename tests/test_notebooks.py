@@ -1,4 +1,9 @@
-"""Every notebook in colab/ runs headlessly, in fast mode, so a broken notebook fails CI."""
+"""Every notebook in colab/ runs headlessly, in fast mode, so a broken notebook fails CI.
+
+They run in order in one xdist group, over one runs folder, as a user runs them: a later
+notebook resumes the runs an earlier one made (the main job, for example) instead of
+training its own copy.
+"""
 
 from pathlib import Path
 
@@ -10,10 +15,16 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "colab").glob("*.ipynb"))
 
 
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebook_runs")
+
+
+@pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
+def test_notebook_runs(path, runs_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXINTERP_FAST", "1")
-    monkeypatch.setenv("JAXINTERP_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("JAXINTERP_RUNS_DIR", str(runs_dir))
     nb = nbformat.read(path, as_version=4)
     first = nb.cells[0].source if nb.cells[0].cell_type == "code" else nb.cells[1].source
     assert "pip install" in first, "notebooks start with a Colab install cell"
