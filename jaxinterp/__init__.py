@@ -2,10 +2,11 @@
 
 ``import jaxinterp as ji`` gives the curated public API: hooked transformers and their
 configs, the hook transforms (cache, patch, steer), and the errors jaxinterp raises.
-Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.viz``) hold the rest.
+Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.circuits``, ``ji.viz``)
+hold the rest.
 """
 
-from jaxinterp import data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
+from jaxinterp import circuits, data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
 from jaxinterp.errors import (
     CheckpointError,
     ConfigError,
@@ -66,6 +67,7 @@ __all__ = [
     "accumulated_resid",
     "activation_patching",
     "attribution_patching",
+    "circuits",
     "compare_attribution",
     "data",
     "decompose_resid",

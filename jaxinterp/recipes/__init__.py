@@ -19,6 +19,12 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                  "train a small transformer on the embedded corpus and write its report"),
     "ioi": ("jaxinterp.recipes.ioi", "IOIConfig", "run_ioi",
             "indirect object identification: patching sweeps, attribution patching, logit lens"),
+    "framework": ("jaxinterp.recipes.framework", "FrameworkConfig", "run_framework",
+                  "0/1/2-layer attention-only models: bigrams, skip-trigrams, K-composition"),
+    "induction": ("jaxinterp.recipes.induction", "InductionConfig", "run_induction",
+                  "induction heads: phase change, ICL score, prefix matching, ablations, SmolLM2"),
+    "circuit-discovery": ("jaxinterp.recipes.circuit_discovery", "CircuitDiscoveryConfig", "run_circuit_discovery",
+                          "EAP and EAP-IG on the IOI model against exact edge patching; faithfulness"),
 }
 
 

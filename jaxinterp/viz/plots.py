@@ -42,10 +42,15 @@ def _ticks(ax, n: int, labels: Sequence[str] | None, axis: str) -> None:
         ax.set_yticklabels(text, fontsize=7)
 
 
+_DIVERGING = ("RdBu_r", "RdBu", "coolwarm", "bwr", "seismic", "PiYG", "PRGn", "BrBG", "PuOr", "RdYlBu")
+
+
 def _draw(ax, data: Any, vmax: float, cmap: str, title: str | None,
           xlabels: Sequence[str] | None, ylabels: Sequence[str] | None):
+    """Diverging maps are centred on zero; sequential ones (for non-negative data) start at it."""
     values, (ylab, xlab), labels = _grid(data)
-    im = ax.imshow(values, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    vmin = -vmax if cmap in _DIVERGING else 0.0
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_xlabel(xlab)
     ax.set_ylabel(ylab)
     _ticks(ax, values.shape[1], xlabels if xlabels is not None else labels.get(xlab), "x")
@@ -66,6 +71,7 @@ def heatmap(data: Any, path: str | Path, *, title: str | None = None, cmap: str 
     """Saves a 2-D array or NamedArray as a zero-centred heatmap PNG; returns the path.
 
     Axis names and tick labels come from the NamedArray (``xlabels``/``ylabels`` override).
+    A sequential ``cmap`` (e.g. ``"Blues"``, for non-negative scores) runs from 0 to the maximum.
     """
     values, _, _ = _grid(data)
     h, w = values.shape
