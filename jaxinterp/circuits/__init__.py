@@ -3,7 +3,8 @@
 * :class:`FactoredMatrix`: low-rank products (``W_Q W_K^T``, ``W_E W_V W_O W_U``) kept as
   their factors, over stacked ``[layer, head]`` weights; SVD, eigenvalues, norms, indexing.
 * QK/OV circuits per head and through embedding/unembedding (:mod:`.weights`);
-  :func:`composition_scores` (TransformerLens's definition); OV copying scores.
+  :func:`composition_scores` (TransformerLens's definition); OV copying scores;
+  :func:`skip_trigrams` of one-layer models.
 * Head detectors on prompts with repeats (previous-token, duplicate-token, induction /
   prefix matching, copying) and the in-context-learning score (:mod:`.detectors`).
 * Circuit discovery: the residual-stream :class:`Graph`, :func:`edge_attribution` (EAP,
@@ -28,6 +29,7 @@ from jaxinterp.circuits.eap import METHODS, edge_attribution, exact_edge_scores,
 from jaxinterp.circuits.factored import FactoredMatrix
 from jaxinterp.circuits.graph import Graph
 from jaxinterp.circuits.selection import Circuit, faithfulness, faithfulness_curve, greedy, top_n
+from jaxinterp.circuits.skip_trigrams import SkipTrigram, skip_trigrams
 from jaxinterp.circuits.weights import (
     attention_weights,
     direct_path,
@@ -46,6 +48,7 @@ __all__ = [
     "Circuit",
     "FactoredMatrix",
     "Graph",
+    "SkipTrigram",
     "attention_weights",
     "composition_scores",
     "copying_scores",
@@ -72,4 +75,5 @@ __all__ = [
     "prefix_matching_scores",
     "previous_token_scores",
     "qk_circuit",
+    "skip_trigrams",
 ]

@@ -1,21 +1,27 @@
-"""The forward pass over the node graph: every node input built from node outputs.
+"""Forward passes over the node graph: node outputs, node-input gradients, edge patching.
 
-Circuit discovery needs two things a plain forward pass does not give: the gradient of
-the metric at each node's *own* input (one head's query input, not the shared residual
-stream), and runs in which each node reads some edges from another run. Both come from
-one function, :func:`graph_forward`, which runs the model layer by layer (``lax.scan``)
-with node inputs
+Circuit discovery needs what a plain forward pass does not hand out: the output of every
+node (each head's ``z W_O``, each MLP's output), the gradient of the metric at each
+node's *own* input (one head's query input, not the shared residual stream), and runs in
+which each node reads some edges from another run. All of it is here, in one module,
+so it can move onto the core's partial forward later:
 
-    in_v = bias_v + sum_u valid[u, v] (w[u, v] a_u + (1 - w[u, v]) c_u)  (+ delta_v)
+* :func:`probe_forward` runs ``components.block`` under ``lax.scan`` with a handler that
+  records the node outputs (``attn.hook_result``, ``hook_mlp_out``), optionally swaps in
+  interpolated ones (EAP-IG-activations) and adds zero deltas after the q/k/v and MLP
+  input projections;
+* :func:`node_gradients` differentiates it: the gradients after the projections, carried
+  back through ``W^T`` and the layer norm at the residual the node read, are
+  ``d metric / d in_v`` for every destination node (one forward and one backward pass);
+* :func:`graph_forward` builds every node input edge by edge,
 
-where ``a_u`` are this run's node outputs and ``c_u`` fixed outputs of another run (the
-corrupted prompt). Without ``mix`` every edge is this run's, so ``in_v`` is just the
-residual stream, built the cheap way. ``delta_v`` (zeros) makes ``d metric / d in_v`` the
-gradient with respect to ``deltas``. Attention reuses ``components.attention``: the
-per-head q, k, v computed from separate inputs replace its ``hook_q/k/v`` values and
-its per-head ``hook_result`` is the heads' outputs; the MLP, norms and unembedding are
-``components``' too. This module is the only forward logic of :mod:`jaxinterp.circuits`,
-kept in one place so it can move onto the core's partial forward.
+      in_v = bias_v + sum_u valid[u, v] (w[u, v] a_u + (1 - w[u, v]) c_u)  (+ delta_v)
+
+  with ``a_u`` this run's outputs and ``c_u`` fixed (corrupted) ones: exact edge patching.
+  Attention reuses ``components.attention`` (the per-node q, k, v replace its
+  ``hook_q/k/v`` values); the MLP, norms and unembedding are ``components``' too. It is the
+  slow reference: its per-node projections are batched matmuls. Differentiating it with
+  respect to ``deltas`` gives the same gradients as :func:`node_gradients` (tested).
 
 Shapes: ``U`` source nodes, ``V`` destination nodes, ``B`` batch, ``P`` positions.
 """
@@ -78,11 +84,11 @@ class _SplitInputs(Handler):
 def _heads(cfg, graph: Graph, p: C.BlockParams, x_in: Float[Array, "n B P d"], positions, mask):
     """Per-head outputs ``[H, B, P, d]`` of one layer whose attention inputs are ``x_in``."""
     a, H, G = p.attn, cfg.n_heads, cfg.n_kv_heads
-    x = C.normalize(cfg, p.ln1, jnp.moveaxis(x_in, 0, 2), "ln1")  # [B, P, n, d], one norm per input
-    xq, xk, xv = (x[:, :, :H], x[:, :, H:H + G], x[:, :, H + G:]) if graph.qkv else (x, x, x)
+    x = C.normalize(cfg, p.ln1, x_in, "ln1")  # [n, B, P, d], one norm per input
+    xq, xk, xv = (x[:H], x[H:H + G], x[H + G:]) if graph.qkv else (x, x, x)
 
-    def project(x, W, b):
-        y = jnp.einsum("bpnd,nde->bpne", x, W)
+    def project(x, W, b):  # node-major layout: XLA's CPU batched matmul is far faster this way
+        y = jnp.moveaxis(jnp.einsum("nbpd,nde->nbpe", x, W), 0, 2)
         return y if b is None else y + b
 
     split = _SplitInputs(project(xq, a.W_Q, a.b_Q), project(xk, a.W_K, a.b_K), project(xv, a.W_V, a.b_V))
@@ -158,3 +164,133 @@ def graph_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
     if deltas is not None:
         resid = resid + deltas[-1]
     return unembed(model, resid), outputs
+
+
+# Gradients at every node input from the plain forward pass --------------------------------
+
+_PROBED = ("hook_resid_pre", "hook_resid_mid", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_result",
+           "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear")
+_DELTAS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear")
+
+
+class _Probe(Handler):
+    """Inside ``components.block``: adds zero deltas after the q/k/v and MLP input
+    projections (their gradients are the metric's), swaps in interpolated node outputs,
+    and keeps what the node-input gradients are rebuilt from."""
+
+    def __init__(self, deltas: dict, swap: dict):
+        self.deltas, self.swap, self.seen = deltas, swap, {}
+
+    def wants(self, name: str) -> bool:
+        return name in _PROBED
+
+    def handle(self, site, x, frames_above):
+        name = site.name()
+        if name in self.swap:
+            x = self.swap[name](x)
+        if name in self.deltas:
+            x = x + self.deltas[name].astype(x.dtype)
+        self.seen[name] = x
+        return x
+
+
+def _zero_deltas(cfg, tokens, dtype) -> dict:
+    B, P = tokens.shape
+    L, H, G, e = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    d = {"attn.hook_q": (L, B, P, H, e), "attn.hook_k": (L, B, P, G, e), "attn.hook_v": (L, B, P, G, e)}
+    if cfg.has_mlp:
+        d["mlp.hook_pre"] = (L, B, P, cfg.d_mlp)
+        if cfg.gated_mlp:
+            d["mlp.hook_pre_linear"] = (L, B, P, cfg.d_mlp)
+    d["final"] = (B, P, cfg.d_model)
+    return {k: jnp.zeros(v, dtype) for k, v in d.items()}
+
+
+def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) -> Float[Array, "V B P d"]:
+    """``d metric / d in_v`` from the gradients after each projection: back through the
+    projection (``W^T``), then through the layer norm at the residual it read."""
+    cfg = model.cfg
+
+    def back(g, W):  # g [B, P, n, e], W [n, d, e] -> [n, B, P, d]
+        return jnp.einsum("nbpe,nde->nbpd", jnp.moveaxis(g, 2, 0), W)
+
+    def layer(p, g, x_pre, x_mid):
+        a = p.attn
+        aq, ak, av = back(g["attn.hook_q"], a.W_Q), back(g["attn.hook_k"], a.W_K), back(g["attn.hook_v"], a.W_V)
+        _, ln1 = jax.vjp(lambda x: C.normalize(cfg, p.ln1, x, "ln1"), x_pre)
+        attn_in = jnp.concatenate([aq, ak, av]) if graph.qkv else aq + ak + av
+        out = [jax.vmap(lambda c: ln1(c)[0])(attn_in)]
+        if cfg.has_mlp:
+            m = p.mlp
+            up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
+            a_m = jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre"], up)
+            if m.W_gate is not None:
+                a_m = a_m + jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre_linear"], m.W_in)
+            _, ln2 = jax.vjp(lambda x: C.normalize(cfg, p.ln2, x, "ln2"), x_mid)
+            out.append(ln2(a_m)[0][None])
+        return jnp.concatenate(out)
+
+    per_layer = {k: v for k, v in grads.items() if k != "final"}
+    g_layers = jax.vmap(layer)(model.blocks, per_layer, resid_pre, resid_mid)  # [L, N, B, P, d]
+    return jnp.concatenate([g_layers.reshape((-1,) + g_layers.shape[2:]), grads["final"][None]])
+
+
+def probe_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], *,
+                  deltas: dict | None = None, input_embed: Float[Array, "B P d"] | None = None,
+                  interp: Interpolation | None = None):
+    """The plain forward pass (``components.block`` under ``lax.scan``) with every node's
+    output recorded: ``(logits, outputs [U, B, P, d], resid_pre [L, ...], resid_mid [L, ...])``.
+    ``deltas`` (see :func:`_zero_deltas`) are added after the q/k/v and MLP input projections."""
+    cfg = model.cfg
+    H, S = cfg.n_heads, graph.per_layer_src
+    positions, mask = positions_and_mask(tokens)
+    x0 = embed(model, tokens, positions) if input_embed is None else input_embed
+    if interp is not None:
+        x0 = interp.at(0, 0, 1, x0[None])[0]
+    deltas = deltas or {}
+
+    def layer(h, xs):
+        p, l, d = xs
+        swap = {}
+        if interp is not None:
+            swap["attn.hook_result"] = lambda r: jnp.moveaxis(
+                interp.at(1 + 2 * l, 1 + l * S, H, jnp.moveaxis(r, 2, 0)), 0, 2)
+            swap["hook_mlp_out"] = lambda o: interp.at(2 + 2 * l, 1 + l * S + H, 1, o[None])[0]
+        probe = _Probe(d, swap)
+        with handler_scope(probe):
+            out, _ = C.block(cfg, p, h, positions, mask)
+        seen = probe.seen
+        outs = jnp.moveaxis(seen["attn.hook_result"], 2, 0)
+        if cfg.has_mlp:
+            outs = jnp.concatenate([outs, seen["hook_mlp_out"][None]])
+        x_pre = seen["hook_resid_pre"]
+        return out, (outs, x_pre, seen.get("hook_resid_mid", x_pre))
+
+    per_layer = {k: v for k, v in deltas.items() if k != "final"}
+    resid, (outs, x_pre, x_mid) = jax.lax.scan(layer, x0, (model.blocks, jnp.arange(cfg.n_layers), per_layer))
+    if "final" in deltas:
+        resid = resid + deltas["final"]
+    outputs = jnp.concatenate([x0[None], outs.reshape((-1,) + x0.shape)])
+    return unembed(model, resid), outputs, x_pre, x_mid
+
+
+def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], metric, *,
+                   input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None):
+    """``(metric, node outputs [U, B, P, d], d metric / d in_v [V, B, P, d])`` from one plain
+    forward and backward pass (:func:`probe_forward`).
+
+    Equal to differentiating :func:`graph_forward` with respect to ``deltas``, without
+    giving each node its own copy of the residual stream: the gradients are taken after
+    the q/k/v (and MLP input) projections, where every head already has its own values,
+    and carried back through ``W^T`` and the layer norm afterwards.
+    """
+    from jaxinterp.interp.metrics import batch_mean
+
+    def run(deltas):
+        logits, outputs, x_pre, x_mid = probe_forward(model, graph, tokens, deltas=deltas,
+                                                      input_embed=input_embed, interp=interp)
+        return batch_mean(metric, logits), (outputs, x_pre, x_mid)
+
+    zeros = _zero_deltas(model.cfg, tokens, model.W_E.dtype)
+    (value, (outputs, x_pre, x_mid)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
+    return value, outputs, _node_input_grads(model, graph, grads, x_pre, x_mid)

@@ -35,7 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from jaxinterp.circuits._graph_forward import EdgeMix, Interpolation, graph_forward
+from jaxinterp.circuits._graph_forward import (
+    EdgeMix,
+    Interpolation,
+    graph_forward,
+    node_gradients,
+    probe_forward,
+)
 from jaxinterp.circuits.graph import Graph
 from jaxinterp.errors import ConfigError, ShapeError, unknown_name_message
 from jaxinterp.interp.metrics import Metric, batch_mean, check_metric
@@ -48,13 +54,7 @@ METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations")
 def _grad_at(model, graph, tokens, metric, **kw) -> tuple[Float[Array, "V B P d"], tuple[Array, Array]]:
     """``d metric / d in_v`` for every destination node, from one forward and backward
     pass; also the metric and the node outputs of that pass."""
-    shape = (graph.n_dst,) + tokens.shape + (model.cfg.d_model,)
-
-    def run(deltas):
-        logits, outputs = graph_forward(model, graph, tokens, deltas=deltas, **kw)
-        return batch_mean(metric, logits), outputs
-
-    (value, outputs), grads = jax.value_and_grad(run, has_aux=True)(jnp.zeros(shape, model.W_E.dtype))
+    value, outputs, grads = node_gradients(model, graph, tokens, metric, **kw)
     return grads, (value, outputs)
 
 
@@ -66,11 +66,11 @@ def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
 
 @eqx.filter_jit
 def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int):
-    corrupt_logits, corrupt_out = graph_forward(model, graph, corrupted)
+    corrupt_logits, corrupt_out, _, _ = probe_forward(model, graph, corrupted)
     if method == "EAP":  # the clean outputs come with the gradient pass: 2 forward, 1 backward
         grads, (m_clean, clean_out) = _grad_at(model, graph, clean, metric)
     else:
-        clean_logits, clean_out = graph_forward(model, graph, clean)
+        clean_logits, clean_out, _, _ = probe_forward(model, graph, clean)
         m_clean = batch_mean(metric, clean_logits)
     if method == "EAP-IG-inputs":
         def at(alpha):
@@ -146,7 +146,7 @@ def edge_attribution(model: HookedTransformer, clean_tokens: Int[ArrayLike, "bat
 
 @eqx.filter_jit
 def _patched_metrics(model, graph: Graph, clean, corrupted, metric, keep: Float[Array, "n U V"], chunk: int):
-    _, corrupt_out = graph_forward(model, graph, corrupted)
+    _, corrupt_out, _, _ = probe_forward(model, graph, corrupted)
 
     def one(w):
         return batch_mean(metric, graph_forward(model, graph, clean, mix=EdgeMix(w, corrupt_out))[0])

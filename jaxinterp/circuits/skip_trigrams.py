@@ -8,10 +8,12 @@ the logit of ``C`` (the OV circuit):
     attention(B -> A) ~ x_B W_Q W_K^T x_A^T        effect(A -> C) = x_A W_V W_O W_U[:, C]
 
 with ``x_t`` token ``t``'s residual stream: its embedding plus the mean positional
-embedding, through the first layer norm. :func:`skip_trigrams` ranks, per head, the
-source/output pairs by the OV effect (relative to the mean over outputs) and gives each
-the destination token that attends to the source most (relative to the mean over
-sources). Restrict ``tokens`` to frequent ones: rare tokens have noisy embeddings.
+embedding, through the first layer norm. :func:`skip_trigrams` takes the OV effect
+relative to the mean over outputs *and* over sources (so a head that raises ``","``
+whatever it attends to does not fill the list), gives each source its best output, ranks
+the sources, and pairs each with the destination token that attends to it most (relative
+to the mean over sources). Restrict ``tokens`` to frequent ones: rare tokens have noisy
+embeddings.
 """
 
 from __future__ import annotations
@@ -69,12 +71,13 @@ def skip_trigrams(model: HookedTransformer, tokens: Int[ArrayLike, " n"], *, k: 
     qk = jnp.einsum("bd,hde,hfe,af->hba", x, W_Q, W_K, x) / model.cfg.scale  # [h, dest B, source A]
     qk = qk - qk.mean(-1, keepdims=True)
     ov = jnp.einsum("ad,hde,hef,fc->hac", x, W_V, W_O, W_U)  # [h, source A, output C]
-    ov = np.asarray(ov - ov.mean(-1, keepdims=True))
+    ov = np.asarray(ov - ov.mean(-1, keepdims=True) - ov.mean(-2, keepdims=True) + ov.mean((-1, -2), keepdims=True))
     qk = np.asarray(qk)
     found = []
     for h in range(ov.shape[0]):
-        for flat in np.argsort(-ov[h].ravel())[:k]:
-            a, c = np.unravel_index(flat, ov[h].shape)
+        best_c = ov[h].argmax(-1)  # each source's strongest output
+        for a in np.argsort(-ov[h].max(-1))[:k]:
+            c = best_c[a]
             b = int(np.argmax(qk[h][:, a]))
             found.append(SkipTrigram(0, h, int(tokens[a]), int(tokens[b]), int(outputs[c]),
                                      float(ov[h, a, c]), float(qk[h, b, a])))

@@ -2,10 +2,14 @@
 
 Windows of the BPE-tokenised corpus (``jaxinterp.data``), trained by the generic loop
 (``jaxinterp.train.train``: checkpoints, exact resume, NaN guard). Optionally a fraction
-of each batch's windows repeats its first half (``repeat_fraction``): real text, seen
-twice, which is where induction heads pay off. Small CPU runs reach the induction phase
-change within minutes with it; on the plain corpus it takes far more tokens than a
-laptop run affords. Batches are a pure function of the step, so runs resume exactly.
+of each batch's windows repeats its own beginning (``repeat_fraction``): the first ``n``
+tokens (``n`` drawn from ``[seq_len/4, seq_len/2]`` per window, so no fixed offset can be
+memorised) follow again right after themselves. That is real text seen twice, where
+induction heads pay off; with it, small CPU runs reach the induction phase change within
+minutes, while on the plain corpus it takes far more tokens than a laptop run affords.
+Short windows help too: before a head has learned where to look, its attention is spread
+over every earlier position, so the signal that teaches it is diluted by the context
+length. Batches are a pure function of the step, so runs resume exactly.
 """
 
 from __future__ import annotations
@@ -43,11 +47,14 @@ def corpus_data(vocab_size: int, val_fraction: float = 0.02) -> CorpusData:
     return CorpusData(tokenizer, tokens[:-n_val], tokens[-n_val:])
 
 
-def repeat_first_half(batch: np.ndarray, fraction: float) -> np.ndarray:
-    """The first ``round(fraction * batch)`` windows with their second half replaced by their first."""
+def repeat_beginnings(batch: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The first ``round(fraction * batch)`` windows with their first ``n`` tokens repeated at
+    ``n:2n`` (``n`` uniform in ``[seq_len/4, seq_len/2]``, drawn from ``seed``)."""
     batch = np.array(batch)
-    rows, half = int(round(fraction * len(batch))), batch.shape[1] // 2
-    batch[:rows, half:2 * half] = batch[:rows, :half]
+    rows, length = int(round(fraction * len(batch))), batch.shape[1]
+    sizes = np.random.default_rng(seed).integers(max(1, length // 4), length // 2 + 1, rows)
+    for row, n in enumerate(sizes):
+        batch[row, n:2 * n] = batch[row, :n]
     return batch
 
 
@@ -85,7 +92,7 @@ def train_attn_only(spec: AttnOnlySpec, data: CorpusData, runs_dir: str | Path, 
     model = init_transformer(model_config(spec, data.d_vocab), jax.random.key(spec.seed))
 
     def batch_fn(step: int):
-        return jnp.asarray(repeat_first_half(windows.batch(step), spec.repeat_fraction))
+        return jnp.asarray(repeat_beginnings(windows.batch(step), spec.repeat_fraction, seed=(spec.seed, step)))
 
     def loss_fn(m, tokens, key):
         return lm_loss(m, tokens), {}

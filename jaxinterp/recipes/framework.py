@@ -36,6 +36,7 @@ from jaxinterp import circuits
 from jaxinterp.data import repeated_tokens
 from jaxinterp.hooks import run_with_cache
 from jaxinterp.models import HookedTransformer, unembed
+from jaxinterp.named import NamedArray
 from jaxinterp.recipes import flag, is_fast
 from jaxinterp.recipes._attn_only import AttnOnlySpec, corpus_data, train_attn_only
 from jaxinterp.recipes._run_files import md_table, write_run
@@ -51,15 +52,15 @@ class FrameworkConfig:
     seed: int = flag(0, "seed of the models and the data order")
     fast: bool = flag(False, "tiny sizes for CI (also JAXINTERP_FAST=1)")
     vocab_size: int = flag(1024, "size of the BPE vocabulary trained on the corpus")
-    d_model: int = flag(64, "residual stream width")
-    n_heads: int = flag(4, "heads per layer")
-    seq_len: int = flag(128, "tokens per training window")
-    batch_size: int = flag(16, "windows per step")
-    lr: float = flag(1e-2, "Adam learning rate (after a linear warm-up)")
+    d_model: int = flag(128, "residual stream width")
+    n_heads: int = flag(8, "heads per layer")
+    seq_len: int = flag(32, "tokens per training window (short windows speed up induction)")
+    batch_size: int = flag(32, "windows per step")
+    lr: float = flag(3e-3, "Adam learning rate (after a linear warm-up)")
     steps_0: int = flag(0, "steps of the 0-layer model (0: 300; fast 40)")
     steps_1: int = flag(0, "steps of the 1-layer model (0: 600; fast 60)")
-    steps_2: int = flag(0, "steps of the 2-layer model (0: 2500; fast 150)")
-    repeat_fraction: float = flag(0.5, "fraction of windows whose second half repeats the first (see induction)")
+    steps_2: int = flag(0, "steps of the 2-layer model (0: 4000; fast 150)")
+    repeat_fraction: float = flag(0.5, "fraction of the 2-layer model's windows whose beginning repeats right after it")
     top_tokens: int = flag(300, "most frequent tokens used for bigram and skip-trigram tables")
 
     @property
@@ -69,7 +70,7 @@ class FrameworkConfig:
 
 def _sizes(config: FrameworkConfig) -> FrameworkConfig:
     fast = is_fast(config)
-    pick = {"steps_0": (300, 40), "steps_1": (600, 60), "steps_2": (2500, 150)}
+    pick = {"steps_0": (300, 40), "steps_1": (600, 60), "steps_2": (4000, 150)}
     return dataclasses.replace(config, fast=fast, **{k: getattr(config, k) or v[fast] for k, v in pick.items()})
 
 
@@ -104,11 +105,12 @@ def zero_layer(model, data, top: np.ndarray, out: Path) -> dict:
           for name, lp in (("direct_path", direct), ("unigram", unigram))}
     show = top[:24]
     labels = [repr(data.tokenizer.decode([int(t)]))[1:-1][:8] for t in show]
-    heatmaps({"corpus bigram log P(next | current)": _centre(bigram[np.ix_(show, show)]),
-              "0-layer model: direct path W_E W_U": _centre(direct[np.ix_(show, show)])},
-             out / "bigram_vs_direct.png", xlabels=labels, ylabels=labels,
-             suptitle="log-probabilities among the 24 most frequent tokens (rows: current, columns: next; "
-                      "each row minus its mean)")
+    axes = ("current token", "next token")
+    heatmaps({"corpus bigram log P(next | current)": NamedArray(_centre(bigram[np.ix_(show, show)]), axes),
+              "0-layer model: direct path W_E W_U": NamedArray(_centre(direct[np.ix_(show, show)]), axes)},
+             out / "bigram_vs_direct.png", xlabels=labels, ylabels=labels, shared_scale=False,
+             suptitle="log-probabilities among the 24 most frequent tokens (each row minus its mean; "
+                      "colour scales differ)")
     corr = float(np.corrcoef(bigram[top].ravel(), direct[top].ravel())[0, 1])
     return {"val_loss_direct_path": _mean_loss(direct, data.val), "val_loss_bigram_table": _mean_loss(bigram, data.val),
             "val_loss_unigram": _mean_loss(unigram, data.val), "kl_bigram_to_direct_path": kl["direct_path"],
@@ -150,7 +152,7 @@ def one_layer(model, data, top: np.ndarray, key, k: int) -> tuple[list[dict], li
 
 
 def two_layer(model, key, out: Path, tokenizer) -> dict:
-    rep = repeated_tokens(key, 16, min(40, (model.cfg.n_ctx - 1) // 2), model.cfg.d_vocab, bos=0)
+    rep = repeated_tokens(key, 32, min(40, (model.cfg.n_ctx - 1) // 2), model.cfg.d_vocab, bos=0)
     scores = circuits.head_scores(model, rep, detectors=("previous_token", "induction"))
     prev, ind = np.asarray(scores.values[0]), np.asarray(scores.values[1])
     p_head = int(np.argmax(prev[0]))

@@ -66,18 +66,18 @@ class InductionConfig:
     seed: int = flag(0, "seed of the model and the data order")
     fast: bool = flag(False, "tiny sizes for CI (also JAXINTERP_FAST=1)")
     vocab_size: int = flag(1024, "size of the BPE vocabulary trained on the corpus")
-    d_model: int = flag(64, "residual stream width")
-    n_heads: int = flag(4, "heads per layer")
-    seq_len: int = flag(128, "tokens per training window")
-    batch_size: int = flag(16, "windows per step")
-    lr: float = flag(1e-2, "Adam learning rate (after a linear warm-up)")
-    steps: int = flag(0, "training steps (0: 2500; fast 120)")
+    d_model: int = flag(128, "residual stream width")
+    n_heads: int = flag(8, "heads per layer")
+    seq_len: int = flag(32, "tokens per training window (short windows speed up induction)")
+    batch_size: int = flag(32, "windows per step")
+    lr: float = flag(3e-3, "Adam learning rate (after a linear warm-up)")
+    steps: int = flag(0, "training steps (0: 4000; fast 300)")
     checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25)")
-    repeat_fraction: float = flag(0.5, "fraction of windows whose second half repeats their first")
-    early: int = flag(10, "ICL score: the early token index")
-    late: int = flag(120, "ICL score: the late token index (< seq_len)")
-    eval_windows: int = flag(64, "held-out windows for the per-position loss and the ICL score")
-    rep_len: int = flag(40, "length of each half of the repeated random tokens")
+    repeat_fraction: float = flag(0.5, "fraction of windows whose beginning repeats right after it")
+    early: int = flag(3, "ICL score: the early token index")
+    late: int = flag(30, "ICL score: the late token index (< seq_len)")
+    eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score")
+    rep_len: int = flag(15, "length of each half of the repeated random tokens")
     smollm2: bool = flag(True, "also run the detectors and ablations on SmolLM2-135M (GGUF), if installed")
 
     @property
@@ -87,7 +87,7 @@ class InductionConfig:
 
 def _sizes(config: InductionConfig) -> InductionConfig:
     fast = is_fast(config)
-    steps = config.steps or (120 if fast else 2500)
+    steps = config.steps or (300 if fast else 4000)
     return dataclasses.replace(config, fast=fast, steps=steps,
                                checkpoint_every=config.checkpoint_every or max(1, steps // 25),
                                late=min(config.late, config.seq_len - 1), smollm2=config.smollm2 and not fast)
@@ -128,12 +128,15 @@ def evaluate(model, windows, rep, n: int, early: int, late: int) -> dict:
 def ablation_study(model, heads: list[tuple[int, int]], reference, windows, rep, n, early, late,
                    key, n_controls: int = 8) -> dict:
     """ICL score, in-context gain and accuracy with ``heads`` mean-ablated, and with as many
-    other heads (``n_controls`` random sets, averaged)."""
+    other heads of the same layers (``n_controls`` random sets, averaged)."""
     cfg = model.cfg
-    others = [(lay, h) for lay in range(cfg.n_layers) for h in range(cfg.n_heads) if (lay, h) not in heads]
+    layers = sorted({lay for lay, _ in heads})
+    others = [(lay, h) for lay in layers for h in range(cfg.n_heads) if (lay, h) not in heads]
+    if len(others) < len(heads):
+        others = [(lay, h) for lay in range(cfg.n_layers) for h in range(cfg.n_heads) if (lay, h) not in heads]
 
     def measure(ablated):
-        ivs = ablate_heads(model, ablated, method="mean", reference=reference) if ablated else []
+        ivs = ablate_heads(model, ablated, method="mean", reference=reference, per_position=False) if ablated else []
         gain, acc = in_context_gain(model, rep, n, ivs)
         return {"icl_score": icl_score(model, windows, early, late, ivs), "repeated_gain": gain,
                 "repeated_accuracy": acc}
@@ -240,9 +243,10 @@ def smollm2_study(key, top_k: int = 6, n: int = 30) -> dict | None:
     others = [(lay, h) for lay in range(model.cfg.n_layers) for h in range(model.cfg.n_heads) if (lay, h) not in top]
     rng = np.random.default_rng(0)
     clean = in_context_gain(model, rep, n)
-    ablated = in_context_gain(model, rep, n, ablate_heads(model, top, method="mean", reference=rep))
+    ablated = in_context_gain(model, rep, n, ablate_heads(model, top, method="mean", reference=rep, per_position=False))
     controls = [in_context_gain(model, rep, n, ablate_heads(
-        model, [others[i] for i in rng.choice(len(others), top_k, replace=False)], method="mean", reference=rep))
+        model, [others[i] for i in rng.choice(len(others), top_k, replace=False)], method="mean", reference=rep,
+        per_position=False))
         for _ in range(3)]
     return {"heads": [list(h) for h in top], "prefix_matching": [float(prefix[h]) for h in top],
             "copying": [float(scores.values[2][h]) for h in top],
@@ -324,13 +328,13 @@ def _report(config: InductionConfig, r: dict) -> list[str]:
             [f"induction heads {', '.join(f'L{h[0]}H{h[1]}' for h in ab['heads'])}", ab["induction_ablated"]["icl_score"],
              ab["induction_ablated"]["repeated_gain"], ab["induction_ablated"]["repeated_accuracy"]]]
     if ab["control_ablated"]:
-        rows.append([f"{len(ab['heads'])} other heads (mean of {len(ab['control_sets'])} random sets)",
+        rows.append([f"{len(ab['heads'])} other heads of the same layer (mean of {len(ab['control_sets'])} random sets)",
                      ab["control_ablated"]["icl_score"], ab["control_ablated"]["repeated_gain"],
                      ab["control_ablated"]["repeated_accuracy"]])
     lines = [f"# {config.name}: in-context learning and induction heads", "",
              f"2-layer attention-only model (d_model {config.d_model}, {config.n_heads} heads), {config.steps} steps "
              f"of {config.batch_size} x {config.seq_len} tokens ({config.repeat_fraction:.0%} of windows repeat their "
-             f"first half); training took {r['train_seconds']:.0f} s, the whole run {r['seconds']:.0f} s.", "",
+             f"beginning); training took {r['train_seconds']:.0f} s, the whole run {r['seconds']:.0f} s.", "",
              f"Phase change (largest rise of the best prefix-matching score between checkpoints): step "
              f"{r['phase_change_step']}. Best prefix matching {r['prefix_matching_max'][0]:.2f} -> "
              f"{r['prefix_matching_max'][-1]:.2f}; ICL score (loss at token {config.late} - token {config.early}) "

@@ -36,8 +36,11 @@ def test_each_detector_finds_its_head(hand_model, repeated):
 
 
 def test_in_context_learning_score_and_loss_by_position(hand_model, repeated):
-    # the induction head predicts the second half exactly: late tokens are much easier
-    assert circuits.in_context_learning_score(hand_model, repeated, early=3, late=15) < -1.0
+    # the induction head raises the right logit by 1 in the second half (the direct path
+    # raises the current token's by 1 everywhere): late tokens are easier, by about
+    # log(12 / 2) - log(2 + 10 / e) = 0.7 nats at 12 tokens
+    score = circuits.in_context_learning_score(hand_model, repeated, early=3, late=15)
+    assert -0.8 < score < -0.4
     by_pos = circuits.loss_by_position(hand_model, repeated)
     assert np.isnan(by_pos.values[0]) and by_pos.values[15] < by_pos.values[3]
 
@@ -61,3 +64,24 @@ def test_bad_inputs(hand_model):
         circuits.in_context_learning_score(hand_model, jnp.zeros((2, 20), jnp.int32))
     with pytest.raises(ConfigError, match="head detector"):
         circuits.head_scores(hand_model, no_repeats, detectors=("inducton",))
+
+
+def test_skip_trigrams_read_off_a_hand_built_head():
+    """One head in which token 5 attends back to token 2, and attending to 2 raises token 7."""
+    import equinox as eqx
+
+    import jaxinterp as ji
+
+    V = 10
+    cfg = ji.attn_only_config(n_layers=1, d_model=V, n_heads=1, d_vocab=V, n_ctx=8, normalization_type=None,
+                              positional_embedding_type="none", use_attn_bias=False, attn_scale=1.0)
+    model = ji.init_transformer(cfg, jax.random.key(0))
+    W = np.zeros((4, 1, 1, V, V), np.float32)
+    W[0, 0, 0, 5, 0], W[1, 0, 0, 2, 0] = 10.0, 1.0  # QK: 5 queries, 2 answers
+    W[2, 0, 0, 2, 0], W[3, 0, 0, 0, 7] = 1.0, 1.0  # OV: 2 -> 7
+    attn = eqx.tree_at(lambda a: (a.W_Q, a.W_K, a.W_V, a.W_O), model.blocks.attn, tuple(jnp.asarray(w) for w in W))
+    model = eqx.tree_at(lambda m: (m.W_E, m.W_U, m.blocks.attn), model,
+                        (jnp.eye(V), jnp.eye(V), attn))
+    best = circuits.skip_trigrams(model, np.arange(V), k=1)[0]
+    assert (best.source, best.destination, best.output) == (2, 5, 7)
+    assert best.ov > 0.5 and best.qk > 5

@@ -7,7 +7,7 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp import circuits
-from jaxinterp.circuits._graph_forward import EdgeMix, graph_forward
+from jaxinterp.circuits._graph_forward import EdgeMix, graph_forward, node_gradients
 from jaxinterp.errors import ConfigError, ShapeError
 from jaxinterp.interp import compare_attribution
 
@@ -24,18 +24,26 @@ def test_graph_forward_is_the_model(preset):
     corrupted = clean.at[:, 2].set(7)
     graph = circuits.Graph.from_config(cfg)
 
+    metric = ji.logit_diff(jnp.array([1, 2]), jnp.array([3, 4]))
+
     @jax.jit
     def runs(model, weight):
-        logits, _ = graph_forward(model, graph, clean)
+        logits, outputs = graph_forward(model, graph, clean)
         _, corrupt_out = graph_forward(model, graph, corrupted)
         mixed = jax.vmap(lambda w: graph_forward(model, graph, clean, mix=EdgeMix(w, corrupt_out))[0])(weight)
-        return logits, mixed, model(clean), model(corrupted)
+        slow = jax.grad(lambda d: metric(graph_forward(model, graph, clean, deltas=d)[0]).mean())(
+            jnp.zeros((graph.n_dst,) + clean.shape + (cfg.d_model,)))
+        return logits, outputs, mixed, slow, node_gradients(model, graph, clean, metric), model(clean), model(corrupted)
 
     weight = jnp.stack([jnp.ones(graph.valid.shape), jnp.zeros(graph.valid.shape)])
-    logits, mixed, ref_clean, ref_corrupted = runs(model, weight)
+    logits, outputs, mixed, slow, (_, fast_outputs, fast), ref_clean, ref_corrupted = runs(model, weight)
     np.testing.assert_allclose(logits, ref_clean, atol=2e-5)
     np.testing.assert_allclose(mixed[0], ref_clean, atol=2e-5)
     np.testing.assert_allclose(mixed[1], ref_corrupted, atol=2e-5)
+    # the fast route to node-input gradients (plain forward, then back through W^T and the norm)
+    np.testing.assert_allclose(fast_outputs, outputs, atol=2e-5)
+    np.testing.assert_allclose(fast, slow, atol=2e-5)
+    assert float(jnp.abs(slow).max()) > 0.1
 
 
 def test_graph_layout():
@@ -109,7 +117,7 @@ def test_circuit_json_round_trip_and_bad_names(tmp_path):
     assert c.pruned().n_edges == 3  # a0.h0 reads nothing of the clean run: its edge does nothing
     with pytest.raises(ConfigError, match="Unknown source node 'a0.h7'"):
         circuits.Circuit.from_edges(g, [("a0.h7", "logits")])
-    with pytest.raises(ConfigError, match="Nearest valid names: a1.h0<q>"):
+    with pytest.raises(ConfigError, match=r"Unknown destination node .a1.h0<g>.*a1.h0<q>"):
         circuits.Circuit.from_edges(g, [("input", "a1.h0<g>")])
     with pytest.raises(ConfigError, match="no edge a1.h0 -> a0.h0<q>"):
         circuits.Circuit.from_edges(g, [("a1.h0", "a0.h0<q>")])
