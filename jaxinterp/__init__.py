@@ -6,12 +6,14 @@ Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.circuits
 hold the rest.
 """
 
-from jaxinterp import circuits, data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
+from jaxinterp import interp, models
 from jaxinterp.errors import (
+    ArgumentTypeError,
     CheckpointError,
     ConfigError,
     DataError,
     HookNameError,
+    IndexRangeError,
     JaxinterpError,
     NonFiniteLossError,
     ShapeError,
@@ -22,6 +24,7 @@ from jaxinterp.hooks import (
     Intervention,
     NestedTraceError,
     add,
+    checked,
     edit,
     hook,
     hook_names,
@@ -29,12 +32,12 @@ from jaxinterp.hooks import (
     is_hooked,
     layer_scope,
     patch,
+    remat,
     run_with_cache,
     run_with_hooks,
     scan_layers,
 )
 from jaxinterp.interp import (
-    NamedArray,
     accumulated_resid,
     activation_patching,
     attribution_patching,
@@ -46,6 +49,7 @@ from jaxinterp.interp import (
     path_patching,
     per_token_loss,
 )
+from jaxinterp.io.pretrained import from_pretrained, load_gguf, load_hf
 from jaxinterp.models import (
     HookedTransformer,
     TransformerConfig,
@@ -59,10 +63,25 @@ from jaxinterp.models import (
     process_weights,
     token_losses,
 )
+from jaxinterp.models.hook_specs import get_act_name
+from jaxinterp.named import NamedArray
 
 __version__ = "0.1.0"
 
+# Sub-packages loaded on first use (``ji.train``, ``ji.viz``...), so that importing
+# jaxinterp does not pay for orbax, optax, tokenizers or matplotlib up front.
+_LAZY = ("circuits", "data", "io", "train", "viz", "features")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"jaxinterp.{name}")
+    raise AttributeError(f"module 'jaxinterp' has no attribute {name!r}")
+
 __all__ = [
+    "ArgumentTypeError",
     "NamedArray",
     "accumulated_resid",
     "activation_patching",
@@ -86,6 +105,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "HookNameError",
+    "IndexRangeError",
     "HookedTransformer",
     "Intervention",
     "JaxinterpError",
@@ -95,6 +115,11 @@ __all__ = [
     "TokenError",
     "TransformerConfig",
     "add",
+    "checked",
+    "from_pretrained",
+    "get_act_name",
+    "load_gguf",
+    "load_hf",
     "attn_only_config",
     "edit",
     "generate",
@@ -111,6 +136,7 @@ __all__ = [
     "llama_config",
     "neox_config",
     "patch",
+    "remat",
     "run_with_cache",
     "run_with_hooks",
     "scan_layers",

@@ -81,7 +81,7 @@ class _SplitInputs(Handler):
         return self.values[name].astype(x.dtype) if name in self.values else x
 
 
-def _heads(cfg, graph: Graph, p: C.BlockParams, x_in: Float[Array, "n B P d"], positions, mask):
+def _heads(cfg, graph: Graph, p: C.BlockParams, spec: C.LayerSpec, x_in: Float[Array, "n B P d"], positions, mask):
     """Per-head outputs ``[H, B, P, d]`` of one layer whose attention inputs are ``x_in``."""
     a, H, G = p.attn, cfg.n_heads, cfg.n_kv_heads
     x = C.normalize(cfg, p.ln1, x_in, "ln1")  # [n, B, P, d], one norm per input
@@ -94,7 +94,7 @@ def _heads(cfg, graph: Graph, p: C.BlockParams, x_in: Float[Array, "n B P d"], p
     split = _SplitInputs(project(xq, a.W_Q, a.b_Q), project(xk, a.W_K, a.b_K), project(xv, a.W_V, a.b_V))
     placeholder = jnp.zeros(x_in.shape[1:], x_in.dtype)  # its own q/k/v are replaced (dead code)
     with handler_scope(split):
-        C.attention(cfg, a, placeholder, positions, mask)
+        C.attention(cfg, a, placeholder, positions, mask, spec=spec)
     return jnp.moveaxis(split.result, 2, 0)
 
 
@@ -135,9 +135,9 @@ def graph_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
 
     def layer(carry, xs):
         resid, cur = carry
-        p, l, d, mixed, b_attn, b_mlp = xs
+        p, spec, l, d, mixed, b_attn, b_mlp = xs
         x_in = inputs(cur, resid, mixed, slice(0, NA), b_attn)
-        heads = _heads(cfg, graph, p, x_in if d is None else x_in + d[:NA], positions, mask)  # [H, ...]
+        heads = _heads(cfg, graph, p, spec, x_in if d is None else x_in + d[:NA], positions, mask)  # [H, ...]
         if interp is not None:
             heads = interp.at(1 + 2 * l, 1 + l * S, H, heads)
         attn_out = heads.sum(0) if p.attn.b_O is None else heads.sum(0) + p.attn.b_O
@@ -156,7 +156,7 @@ def graph_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
             outs, attn_out = jnp.concatenate([heads, out]), attn_out + out[0]
         return (resid + attn_out, cur), outs
 
-    xs = (model.blocks, jnp.arange(L), d_layers, per_layer, before, bias_mlp)
+    xs = (model.blocks, C.layer_specs(cfg), jnp.arange(L), d_layers, per_layer, before, bias_mlp)
     (resid, cur), outs = jax.lax.scan(layer, (x0, cur), xs)
     outputs = jnp.concatenate([x0[None], outs.reshape((L * S,) + x0.shape)])
     if mix is not None:
@@ -250,7 +250,7 @@ def probe_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
     deltas = deltas or {}
 
     def layer(h, xs):
-        p, l, d = xs
+        p, spec, l, d = xs
         swap = {}
         if interp is not None:
             swap["attn.hook_result"] = lambda r: jnp.moveaxis(
@@ -258,7 +258,7 @@ def probe_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
             swap["hook_mlp_out"] = lambda o: interp.at(2 + 2 * l, 1 + l * S + H, 1, o[None])[0]
         probe = _Probe(d, swap)
         with handler_scope(probe):
-            out, _ = C.block(cfg, p, h, positions, mask)
+            out, _ = C.block(cfg, p, h, positions, mask, spec=spec)
         seen = probe.seen
         outs = jnp.moveaxis(seen["attn.hook_result"], 2, 0)
         if cfg.has_mlp:
@@ -267,7 +267,7 @@ def probe_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
         return out, (outs, x_pre, seen.get("hook_resid_mid", x_pre))
 
     per_layer = {k: v for k, v in deltas.items() if k != "final"}
-    resid, (outs, x_pre, x_mid) = jax.lax.scan(layer, x0, (model.blocks, jnp.arange(cfg.n_layers), per_layer))
+    resid, (outs, x_pre, x_mid) = jax.lax.scan(layer, x0, (model.blocks, C.layer_specs(cfg), jnp.arange(cfg.n_layers), per_layer))
     if "final" in deltas:
         resid = resid + deltas["final"]
     outputs = jnp.concatenate([x0[None], outs.reshape((-1,) + x0.shape)])

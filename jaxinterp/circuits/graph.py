@@ -44,6 +44,10 @@ class Graph:
     def from_config(cls, cfg: TransformerConfig, qkv: bool = True) -> Graph:
         if cfg.n_layers < 1:
             raise ConfigError("circuit discovery needs a model with at least one layer")
+        if cfg.use_normalization_before_and_after:
+            raise ConfigError(f"{cfg.model_name}: its sublayer outputs are normalised after the heads are summed "
+                              "(ln1_post/ln2_post), so single heads' outputs are not residual-stream edges; "
+                              "the edge graph needs a pre-norm model")
         if not qkv and cfg.n_kv_heads != cfg.n_heads:
             raise ConfigError("a grouped-query model shares keys/values between heads: use qkv=True, "
                               "which gives each key/value head its own <k> and <v> input")

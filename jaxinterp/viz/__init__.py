@@ -6,9 +6,10 @@ matplotlib is imported only when something is drawn, and never through pyplot, s
 ``import jaxinterp`` leaves a notebook's plotting backend alone.
 """
 
+from jaxinterp.viz.attention import attention_figure, attention_patterns
 from jaxinterp.viz.attention_html import HTML, attention_html, tokens_html
 from jaxinterp.viz.circuit_plot import plot_circuit, plot_faithfulness
 from jaxinterp.viz.plots import heatmap, heatmaps, line_plot
 
-__all__ = ["HTML", "attention_html", "heatmap", "heatmaps", "line_plot", "plot_circuit",
-           "plot_faithfulness", "tokens_html"]
+__all__ = ["HTML", "attention_figure", "attention_html", "attention_patterns", "heatmap", "heatmaps", "line_plot",
+           "plot_circuit", "plot_faithfulness", "tokens_html"]
