@@ -12,7 +12,7 @@ from jaxinterp.errors import ConfigError, ShapeError
 from jaxinterp.interp import compare_attribution
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "neox", "llama"])
+@pytest.mark.parametrize("preset", ["neox", "llama"])  # LN + parallel; RMS + GQA + gated
 def test_graph_forward_is_the_model(preset):
     """Unpatched, every-edge-clean and every-edge-corrupted runs equal the plain model's."""
     kw = dict(d_model=16, n_layers=2, n_heads=4, d_vocab=20, n_ctx=8)
