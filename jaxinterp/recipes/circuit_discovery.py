@@ -28,11 +28,12 @@ import jax
 import numpy as np
 
 from jaxinterp import circuits
+from jaxinterp.errors import ConfigError
 from jaxinterp.interp import compare_attribution
 from jaxinterp.interp.ioi import ioi_batch, ioi_config, ioi_loss, train_ioi_model
 from jaxinterp.io.weights import load_weights, save_weights
 from jaxinterp.models import init_transformer
-from jaxinterp.recipes import flag, is_fast
+from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.recipes._run_files import md_table, write_run
 from jaxinterp.viz import plot_circuit, plot_faithfulness
 from jaxinterp.viz._figure import figure, save
@@ -52,6 +53,11 @@ class CircuitDiscoveryConfig:
     ig_steps: int = flag(5, "integration steps m of EAP-IG")
     target: float = flag(0.8, "faithfulness of the circuit drawn in circuit.png")
     checkpoint: str = flag("", "IOI model weights (.safetensors/.npz) with `layers` layers, instead of training")
+
+    def __post_init__(self):
+        check_config(self, positive=("ig_steps",), non_negative=("layers", "steps", "prompts"))
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise ConfigError(f"--checkpoint {self.checkpoint!r}: no such file")
 
     @property
     def run_dir(self) -> Path:

@@ -37,7 +37,7 @@ from jaxinterp.data import repeated_tokens
 from jaxinterp.hooks import run_with_cache
 from jaxinterp.models import HookedTransformer, unembed
 from jaxinterp.named import NamedArray
-from jaxinterp.recipes import flag, is_fast
+from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.recipes._attn_only import AttnOnlySpec, corpus_data, train_attn_only
 from jaxinterp.recipes._run_files import md_table, write_run
 from jaxinterp.viz import attention_html, heatmap, heatmaps
@@ -62,6 +62,9 @@ class FrameworkConfig:
     steps_2: int = flag(0, "steps of the 2-layer model (0: 4000; fast 150)")
     repeat_fraction: float = flag(0.5, "fraction of the 2-layer model's windows whose beginning repeats right after it")
     top_tokens: int = flag(300, "most frequent tokens used for bigram and skip-trigram tables")
+
+    def __post_init__(self):
+        check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "top_tokens"), non_negative=("steps_0", "steps_1", "steps_2"))
 
     @property
     def run_dir(self) -> Path:
@@ -109,6 +112,7 @@ def zero_layer(model, data, top: np.ndarray, out: Path) -> dict:
     heatmaps({"corpus bigram log P(next | current)": NamedArray(_centre(bigram[np.ix_(show, show)]), axes),
               "0-layer model: direct path W_E W_U": NamedArray(_centre(direct[np.ix_(show, show)]), axes)},
              out / "bigram_vs_direct.png", xlabels=labels, ylabels=labels, shared_scale=False,
+             colorbar_label="log-probability - row mean (nats)",
              suptitle="log-probabilities among the 24 most frequent tokens (each row minus its mean; "
                       "colour scales differ)")
     corr = float(np.corrcoef(bigram[top].ravel(), direct[top].ravel())[0, 1])
@@ -151,6 +155,14 @@ def one_layer(model, data, top: np.ndarray, key, k: int) -> tuple[list[dict], li
 # 2 layers: K-composition of a previous-token head and an induction head ------------------
 
 
+def plot_composition(comp: np.ndarray, p_head: int, i_head: int, path: Path) -> Path:
+    """The K-composition of every layer-0 head into every layer-1 head's keys."""
+    return heatmap(NamedArray(comp, ("layer-0 head (writes)", "layer-1 head (its keys read)")), path,
+                   title=f"K-composition (previous-token head L0H{p_head},\ninduction head L1H{i_head})",
+                   cmap="Blues", xlabels=[f"L1H{h}" for h in range(comp.shape[1])],
+                   ylabels=[f"L0H{h}" for h in range(comp.shape[0])], colorbar_label="composition score")
+
+
 def two_layer(model, key, out: Path, tokenizer) -> dict:
     rep = repeated_tokens(key, 32, min(40, (model.cfg.n_ctx - 1) // 2), model.cfg.d_vocab, bos=0)
     scores = circuits.head_scores(model, rep, detectors=("previous_token", "induction"))
@@ -160,10 +172,7 @@ def two_layer(model, key, out: Path, tokenizer) -> dict:
     comp = np.asarray(circuits.composition_scores(model, "K").values[0, :, 1, :])  # [L0 head, L1 head]
     others = np.delete(comp.ravel(), p_head * comp.shape[1] + i_head)
     baseline = circuits.composition_scores(_shuffled(model, key), "K").values[0, :, 1, :]
-    heatmap(comp, out / "composition.png", title=f"K-composition, layer 0 heads -> layer 1 heads "
-            f"(previous-token head L0H{p_head}, induction head L1H{i_head})", cmap="Blues",
-            xlabels=[f"L1H{h}" for h in range(comp.shape[1])], ylabels=[f"L0H{h}" for h in range(comp.shape[0])],
-            colorbar_label="composition score")
+    plot_composition(comp, p_head, i_head, out / "composition.png")
     text = "The cat sat on the mat because it was tired. The cat sat on the mat because it was tired."
     ids = jnp.asarray([tokenizer.encode(text)[: model.cfg.n_ctx]])
     _, cache = run_with_cache(model, ids, names="blocks.*.attn.hook_pattern")

@@ -40,11 +40,12 @@ from tqdm.auto import tqdm
 
 from jaxinterp import circuits
 from jaxinterp.data import TokenWindows, repeated_tokens
+from jaxinterp.errors import ConfigError
 from jaxinterp.hooks import run_with_cache, run_with_hooks
 from jaxinterp.interp import ablate_heads
 from jaxinterp.io.checkpoint import Checkpointer
 from jaxinterp.models import HookedTransformer, init_transformer, token_losses
-from jaxinterp.recipes import flag, is_fast
+from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.recipes._attn_only import (
     AttnOnlySpec,
     corpus_data,
@@ -79,6 +80,11 @@ class InductionConfig:
     eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score")
     rep_len: int = flag(15, "length of each half of the repeated random tokens")
     smollm2: bool = flag(True, "also run the detectors and ablations on SmolLM2-135M (GGUF), if installed")
+
+    def __post_init__(self):
+        check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "early", "late", "eval_windows", "rep_len"), non_negative=("steps", "checkpoint_every"))
+        if self.early >= self.late:
+            raise ConfigError(f"--early {self.early} must be before --late {self.late} (the ICL score compares them)")
 
     @property
     def run_dir(self) -> Path:
