@@ -47,22 +47,27 @@ class EdgeMix(eqx.Module):
 
 
 class Interpolation(eqx.Module):
-    """Replaces one group of node outputs (``group`` 0: the input; ``1 + 2l``: the heads
-    of layer ``l``; ``2 + 2l``: its MLP) by ``alpha * clean + (1 - alpha) * corrupt``."""
+    """For each of ``K`` stacked copies of the batch (rows ``k*B:(k+1)*B``), replaces one
+    group of node outputs (``group[k]`` 0: the input; ``1 + 2l``: the heads of layer ``l``;
+    ``2 + 2l``: its MLP) by ``alpha[k] * clean + (1 - alpha[k]) * corrupt``."""
 
-    group: Int[Array, ""]
-    alpha: Float[Array, ""]
+    group: Int[Array, " K"]
+    alpha: Float[Array, " K"]
     clean: Float[Array, "U B P d"]
     corrupt: Float[Array, "U B P d"]
 
     def at(self, code, start: int, size: int, value: Array) -> Array:
-        """``value`` (rows ``start:start+size`` of the outputs, ``[size, ...]``), interpolated
-        if ``code`` is the group."""
+        """``value`` (rows ``start:start+size`` of the outputs, ``[size, K*B, ...]``), each copy
+        interpolated where ``code`` is its group."""
         def rows(x):
-            return jax.lax.dynamic_slice_in_dim(x, start, size, 0)
+            return jax.lax.dynamic_slice_in_dim(x, start, size, 0)[:, None]
 
-        new = self.alpha * rows(self.clean) + (1 - self.alpha) * rows(self.corrupt)
-        return jnp.where(self.group == code, new.astype(value.dtype), value)
+        K = self.group.shape[0]
+        copies = value.reshape((size, K, -1) + value.shape[2:])
+        bcast = (None, slice(None)) + (None,) * (copies.ndim - 2)
+        a = self.alpha[bcast].astype(value.dtype)
+        new = a * rows(self.clean).astype(value.dtype) + (1 - a) * rows(self.corrupt).astype(value.dtype)
+        return jnp.where((self.group == code)[bcast], new, copies).reshape(value.shape)
 
 
 class _SplitInputs(Handler):
@@ -275,22 +280,33 @@ def probe_forward(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B 
 
 
 def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], metric, *,
-                   input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None):
-    """``(metric, node outputs [U, B, P, d], d metric / d in_v [V, B, P, d])`` from one plain
+                   input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
+                   copies: int = 1):
+    """``(metric, node outputs [U, K*B, P, d], d metric / d in_v [V, B, P, d])`` from one plain
     forward and backward pass (:func:`probe_forward`).
 
     Equal to differentiating :func:`graph_forward` with respect to ``deltas``, without
     giving each node its own copy of the residual stream: the gradients are taken after
     the q/k/v (and MLP input) projections, where every head already has its own values,
     and carried back through ``W^T`` and the layer norm afterwards.
+
+    ``copies = K`` runs ``K`` copies of the batch stacked along it (each with its own
+    ``input_embed`` rows or ``interp`` group and alpha): the metric and the gradients are
+    the means over the copies, from one pass with ``K`` times the batch (on a CPU far
+    cheaper than ``K`` vmapped passes).
     """
     from jaxinterp.interp.metrics import batch_mean
 
-    def run(deltas):
-        logits, outputs, x_pre, x_mid = probe_forward(model, graph, tokens, deltas=deltas,
-                                                      input_embed=input_embed, interp=interp)
-        return batch_mean(metric, logits), (outputs, x_pre, x_mid)
+    B = tokens.shape[0]
+    folded = jnp.tile(tokens, (copies, 1)) if copies > 1 else tokens
 
-    zeros = _zero_deltas(model.cfg, tokens, model.W_E.dtype)
+    def run(deltas):
+        logits, outputs, x_pre, x_mid = probe_forward(model, graph, folded, deltas=deltas,
+                                                      input_embed=input_embed, interp=interp)
+        per_copy = jax.vmap(lambda lg: batch_mean(metric, lg))(logits.reshape((copies, B) + logits.shape[1:]))
+        return per_copy.mean(), (outputs, x_pre, x_mid)
+
+    zeros = _zero_deltas(model.cfg, folded, model.W_E.dtype)
     (value, (outputs, x_pre, x_mid)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
-    return value, outputs, _node_input_grads(model, graph, grads, x_pre, x_mid)
+    g = _node_input_grads(model, graph, grads, x_pre, x_mid)  # [V, K*B, P, d], each copy's / K
+    return value, outputs, g.reshape((g.shape[0], copies, B) + g.shape[2:]).sum(1)

@@ -58,10 +58,15 @@ def _grad_at(model, graph, tokens, metric, **kw) -> tuple[Float[Array, "V B P d"
     return grads, (value, outputs)
 
 
+def _divisor_at_most(n: int, chunk: int) -> int:
+    return max(k for k in range(1, min(n, max(chunk, 1)) + 1) if n % k == 0)
+
+
 def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
-    """``mean_i fn(xs[i])``, ``chunk`` of them at a time (vmapped), in one program."""
-    out = jax.lax.map(fn, xs, batch_size=min(chunk, xs.shape[0]))
-    return out.mean(0)
+    """``mean_i fn(xs[i:i+k])`` over chunks of ``k <= chunk`` rows (``fn`` takes a chunk and
+    returns its mean), in one program."""
+    k = _divisor_at_most(xs.shape[0], chunk)
+    return jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:])).mean(0)
 
 
 @eqx.filter_jit
@@ -72,10 +77,13 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
     else:
         clean_logits, clean_out, _, _ = probe_forward(model, graph, clean)
         m_clean = batch_mean(metric, clean_logits)
+    # EAP-IG: each chunk of k steps is one pass over k stacked copies of the batch
     if method == "EAP-IG-inputs":
-        def at(alpha):
-            embed = corrupt_out[0] + alpha * (clean_out[0] - corrupt_out[0])
-            return _grad_at(model, graph, clean, metric, input_embed=embed)[0]
+        def at(alphas):
+            a = alphas[:, None, None, None].astype(clean_out.dtype)
+            embed = corrupt_out[0][None] + a * (clean_out[0] - corrupt_out[0])[None]
+            embed = embed.reshape((-1,) + embed.shape[2:])
+            return _grad_at(model, graph, clean, metric, input_embed=embed, copies=alphas.shape[0])[0]
 
         grads = _mean_over(at, jnp.arange(steps, dtype=clean_out.dtype) / steps, chunk)
     elif method == "EAP-IG-activations":
@@ -85,8 +93,8 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         group, k = jnp.meshgrid(codes, jnp.arange(1, steps + 1), indexing="ij")
 
         def at(gk):
-            interp = Interpolation(gk[0], gk[1].astype(clean_out.dtype) / steps, clean_out, corrupt_out)
-            return _grad_at(model, graph, clean, metric, interp=interp)[0]
+            interp = Interpolation(gk[:, 0], gk[:, 1].astype(clean_out.dtype) / steps, clean_out, corrupt_out)
+            return _grad_at(model, graph, clean, metric, interp=interp, copies=gk.shape[0])[0]
 
         grads = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
     scores = jnp.einsum("ubpd,vbpd->uv", (corrupt_out - clean_out).astype(jnp.float32), grads.astype(jnp.float32))
@@ -125,7 +133,8 @@ def edge_attribution(model: HookedTransformer, clean_tokens: Int[ArrayLike, "bat
       method: ``"EAP"``, ``"EAP-IG-inputs"`` or ``"EAP-IG-activations"``.
       steps: ``m``, the integration steps of the EAP-IG methods.
       qkv: separate query, key and value inputs per head (else one input per head).
-      chunk: EAP-IG steps run this many at a time (vmapped): memory against speed.
+      chunk: EAP-IG passes run up to this many at a time (stacked along the batch): memory
+        against speed.
 
     Returns:
       :class:`NamedArray` ``[src, dst]`` (node names as labels; zero where there is no edge),

@@ -73,11 +73,11 @@ class InductionConfig:
     batch_size: int = flag(32, "windows per step")
     lr: float = flag(3e-3, "Adam learning rate (after a linear warm-up)")
     steps: int = flag(0, "training steps (0: 4000; fast 300)")
-    checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25)")
+    checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25; fast steps / 10)")
     repeat_fraction: float = flag(0.5, "fraction of windows whose beginning repeats right after it")
     early: int = flag(3, "ICL score: the early token index")
     late: int = flag(30, "ICL score: the late token index (< seq_len)")
-    eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score")
+    eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score (fast: at most 128)")
     rep_len: int = flag(15, "length of each half of the repeated random tokens")
     smollm2: bool = flag(True, "also run the detectors and ablations on SmolLM2-135M (GGUF), if installed")
 
@@ -95,7 +95,8 @@ def _sizes(config: InductionConfig) -> InductionConfig:
     fast = is_fast(config)
     steps = config.steps or (300 if fast else 4000)
     return dataclasses.replace(config, fast=fast, steps=steps,
-                               checkpoint_every=config.checkpoint_every or max(1, steps // 25),
+                               checkpoint_every=config.checkpoint_every or max(1, steps // (10 if fast else 25)),
+                               eval_windows=min(config.eval_windows, 128) if fast else config.eval_windows,
                                late=min(config.late, config.seq_len - 1), smollm2=config.smollm2 and not fast)
 
 
