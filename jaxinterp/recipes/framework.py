@@ -16,7 +16,7 @@ Writes ``runs/<name>/``: ``config.json``, ``results.json``, ``report.md``,
 ``bigram_vs_direct.png``, ``skip_trigrams.md`` (in the report), ``composition.png``,
 ``attention.html`` (the 2-layer model on a repeated sentence).
 
-    jaxinterp experiment framework           # about 10 minutes on 2 CPU cores
+    jaxinterp experiment framework           # 31 min measured on 2 shared cores (load 10-18)
     jaxinterp experiment framework --fast    # a minute: tiny models, effects asserted loosely
 """
 

@@ -21,7 +21,7 @@ Writes ``runs/<name>/``: ``config.json``, ``results.json``, ``report.md``,
 ``train_loss.png``, ``loss_by_position.png``, ``icl_score.png``, ``prefix_matching.png``,
 ``attention.html``, and the checkpoints under ``train/``.
 
-    jaxinterp experiment induction          # about 10 minutes on 2 CPU cores
+    jaxinterp experiment induction          # 37 min measured on 2 shared cores (load 10-18)
     jaxinterp experiment induction --fast   # a minute, no phase change expected
 """
 
