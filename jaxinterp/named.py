@@ -126,6 +126,11 @@ class NamedArray:
         """A readable name for one element: ``L3H7`` for (layer, head), ``L3 pos 5 ' John'``
         for (layer, pos) with token labels, ``axis=i`` (or its tick label) otherwise."""
         parts, rest = [], dict(index)
+        for prefix in ("src_", "dst_"):  # head pairs (composition scores): L0H1 -> L1H2
+            if f"{prefix}layer" in rest and f"{prefix}head" in rest:
+                parts.append(f"L{rest.pop(prefix + 'layer')}H{rest.pop(prefix + 'head')}")
+        if len(parts) == 2:
+            parts = [" -> ".join(parts)]
         if "layer" in rest:
             layer = rest.pop("layer")
             ticks = self.labels.get("layer")

@@ -53,6 +53,15 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     assert ns["smol_heads"].normalized().top(1)[0].value > 0.5
     assert (tmp_path / "runs/readme/smollm2_resid.png").exists()
 
+    # Circuits: composition scores per head pair; a 40-edge EAP-IG circuit keeps most of the
+    # logit difference under exact edge patching; token text in the attention page is escaped.
+    assert ns["k_comp"].values.shape == (2, 4, 2, 4) and float(ns["k_comp"].values[1].max()) == 0.0
+    assert ns["table"].values.shape == (4, 2, 4)
+    assert ns["circuit"].n_edges <= 40 and ns["faithful"] > 0.6, ns["faithful"]
+    assert f"keep {ns['faithful']:.0%} of the logit difference" in out
+    body = ns["page"].body
+    assert "&lt;b&gt;" in body or "\\u003cb\\u003e" in body
+
     # Feature visualisation: optimised inputs beat the best dataset example on every unit.
     assert bool(ns["beats"].all())
 

@@ -27,6 +27,12 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                       "toy models of superposition: intro figure, basic results, pentagon, dimensionality, phase diagram"),
     "double_descent": ("jaxinterp.recipes.double_descent", "DoubleDescentConfig", "run_double_descent",
                        "superposition, memorisation and double descent: test loss against training-set size"),
+    "framework": ("jaxinterp.recipes.framework", "FrameworkConfig", "run_framework",
+                  "0/1/2-layer attention-only models: bigrams, skip-trigrams, K-composition"),
+    "induction": ("jaxinterp.recipes.induction", "InductionConfig", "run_induction",
+                  "induction heads: phase change, ICL score, prefix matching, ablations, SmolLM2"),
+    "circuit-discovery": ("jaxinterp.recipes.circuit_discovery", "CircuitDiscoveryConfig", "run_circuit_discovery",
+                          "EAP and EAP-IG on the IOI model against exact edge patching; faithfulness"),
 }
 
 

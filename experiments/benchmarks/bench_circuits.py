@@ -1,0 +1,128 @@
+"""Benchmarks of jaxinterp.circuits against baselines measured in the same run.
+
+1. Composition scores of every head pair of a 12-layer, d_model 768, 12-head model
+   against TransformerLens's ``all_composition_scores`` on the same weights: first call
+   (compile included) and steady state (median), and the FLOP rate of our contraction.
+2. Edge attribution cost in forward-pass equivalents: EAP, EAP-IG-inputs and
+   EAP-IG-activations (steady state) over a jitted plain forward pass on the same batch.
+3. Head detectors: all four from one compiled call, against the forward pass.
+
+    python experiments/benchmarks/bench_circuits.py            # about 5 minutes on 2 cores
+    python experiments/benchmarks/bench_circuits.py --quick    # composition on 6 layers, no TL repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxinterp.interp.ioi import ioi_batch, ioi_config
+
+import jaxinterp as ji
+from jaxinterp import circuits
+from jaxinterp.circuits.composition import flop_count
+from jaxinterp.data import repeated_tokens
+
+
+def timed(fn, repeat: int = 3) -> tuple[float, float]:
+    """(first call, median of ``repeat`` later calls) in seconds; outputs are blocked on."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - t)
+    return first, statistics.median(runs)
+
+
+def transformer_lens_model(model):
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = model.cfg
+    tcfg = HookedTransformerConfig(n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                                   d_head=cfg.d_head, d_vocab=cfg.d_vocab, n_ctx=cfg.n_ctx, act_fn="gelu_new",
+                                   attn_only=True, device="cpu")
+    tl = HookedTransformer(tcfg)
+    state = tl.state_dict()
+    for layer in range(cfg.n_layers):
+        for name in ("W_Q", "W_K", "W_V", "W_O"):
+            state[f"blocks.{layer}.attn.{name}"] = torch.tensor(np.asarray(getattr(model.blocks.attn, name)[layer]))
+    tl.load_state_dict(state)
+    return tl
+
+
+def bench_composition(n_layers: int, tl_repeat: int) -> None:
+    cfg = ji.gpt2_config(n_layers=n_layers, d_vocab=1000, n_ctx=64)
+    model = ji.init_transformer(cfg, jax.random.key(0))
+    tl = transformer_lens_model(model)
+    print(f"\n== composition scores, {n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, "
+          f"d_head {cfg.d_head} ==")
+    for mode in ("Q", "K", "V"):
+        first, steady = timed(lambda mode=mode: circuits.composition_scores(model, mode).values)
+        ts = []
+        for _ in range(tl_repeat):
+            t = time.perf_counter()
+            ref = tl.all_composition_scores(mode)
+            ts.append(time.perf_counter() - t)
+        tl_time = statistics.median(ts)
+        ours = np.asarray(circuits.composition_scores(model, mode))
+        err = float(np.abs(ours - ref.detach().numpy()).max())
+        method, flops = flop_count(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
+        print(f"mode {mode}: TransformerLens {tl_time:.2f} s | ours first call {first:.3f} s "
+              f"({tl_time / first:.1f}x), steady {steady:.3f} s ({tl_time / steady:.1f}x) | "
+              f"{method}: {flops / 1e9:.1f} GFLOP at {flops / steady / 1e9:.1f} GFLOP/s | max |diff| {err:.1e}")
+
+
+def bench_eap(label: str, model, clean, corrupted, metric, steps: int = 5) -> None:
+    forward = jax.jit(lambda m, t: m(t))
+    _, t_fwd = timed(lambda: forward(model, clean), repeat=7)
+    print(f"\n== edge attribution, {label}: batch {clean.shape}, forward pass {t_fwd * 1e3:.1f} ms ==")
+    for method in circuits.METHODS:
+        first, steady = timed(lambda method=method: circuits.edge_attribution(
+            model, clean, corrupted, metric, method=method, steps=steps).values)
+        passes = {"EAP": "2 forward + 1 backward", "EAP-IG-inputs": f"2 forward + {steps} (forward+backward)",
+                  "EAP-IG-activations": f"2 forward + {(1 + 2 * model.cfg.n_layers) * steps} (forward+backward)"}
+        print(f"{method:<19} {steady / t_fwd:6.1f} forward-pass equivalents (steady {steady * 1e3:.1f} ms, "
+              f"first call {first:.1f} s; {passes[method]})")
+
+
+def bench_detectors(model, tokens) -> None:
+    forward = jax.jit(lambda m, t: m(t))
+    _, t_fwd = timed(lambda: forward(model, tokens), repeat=7)
+    first, steady = timed(lambda: circuits.head_scores(model, tokens).values, repeat=7)
+    print(f"\n== detectors: all four over every head in one compiled call: {steady / t_fwd:.1f} forward-pass "
+          f"equivalents (steady {steady * 1e3:.1f} ms, first call {first:.1f} s) ==")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="6 layers and one TransformerLens call per mode")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    bench_composition(6 if args.quick else 12, 1 if args.quick else 2)
+    from jaxinterp.interp.ioi import train_ioi_model
+
+    model, _ = train_ioi_model(300, cfg=ioi_config(n_layers=3), progress=False)
+    data = ioi_batch(64, seed=1)
+    bench_eap("IOI model (3 layers, d_model 64)", model, data.clean, data.corrupted, data.metric())
+    big = ji.init_transformer(ji.gpt2_config(d_model=256, n_layers=4, n_heads=8, d_vocab=2000, n_ctx=64),
+                              jax.random.key(1))
+    clean = jax.random.randint(jax.random.key(2), (16, 32), 0, 2000)
+    corrupted = clean.at[:, 10].set((clean[:, 10] + 1) % 2000)
+    metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % 2000)
+    bench_eap("GPT-2 style, 4 layers, d_model 256", big, clean, corrupted, metric)
+    bench_detectors(big, repeated_tokens(jax.random.key(3), 16, 31, 2000, bos=0))
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    jnp.zeros(1).block_until_ready()
+    main()
