@@ -214,7 +214,7 @@ def _site_keys(cfg: SAEConfig, sites: Mapping[str, int], name: str) -> tuple[str
 
 def _select(batch: dict, keys: Mapping[str, tuple[str, str | None]]) -> dict:
     wanted = {k for pair in keys.values() for k in pair if k is not None}
-    return {k: np.asarray(batch[k], np.float32) for k in wanted}
+    return {k: batch[k] for k in wanted}
 
 
 def _input_scales(cfg: SAEConfig, batch_fn, keys, config: TrainSAEConfig) -> tuple[float, float]:
