@@ -97,17 +97,21 @@ class ArrayBatches:
 
 
 class IteratorBatches:
-    """Batches pulled from an iterator, in order; skips ahead to the requested step."""
+    """Batches pulled from an iterator, in order; skips ahead to the requested step and
+    keeps the last ``LOOKBACK`` batches (the trainer reads the first few twice: once to
+    estimate the input scale)."""
+
+    LOOKBACK = 16
 
     def __init__(self, batches: Iterable[Any], check: bool = True) -> None:
         self._it: Iterator[Any] = iter(batches)
         self._pulled = 0  # batches taken from the iterator so far
-        self._last: tuple[int, dict[str, np.ndarray]] | None = None
+        self._recent: dict[int, dict[str, np.ndarray]] = {}
         self.check = check
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        if self._last is not None and self._last[0] == step:
-            return self._last[1]
+        if step in self._recent:
+            return self._recent[step]
         if step < self._pulled:
             raise DataError(f"An iterator cannot go back to batch {step} (at {self._pulled}).")
         while self._pulled <= step:
@@ -120,10 +124,12 @@ class IteratorBatches:
         batch = {k: np.asarray(v, np.float32) for k, v in as_site_dict(batch).items()}
         if self.check:
             check_finite(batch, f"batch {step}")
-        self._last = (step, batch)
+        self._recent[step] = batch
+        if len(self._recent) > self.LOOKBACK:
+            self._recent.pop(min(self._recent))
         return batch
 
     @property
     def sites(self) -> dict[str, int]:
-        first = self._last[1] if self._last is not None else self(self._pulled)
+        first = self._recent[max(self._recent)] if self._recent else self(self._pulled)
         return {k: v.shape[-1] for k, v in first.items()}

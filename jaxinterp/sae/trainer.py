@@ -94,6 +94,7 @@ class SAETrainResult:
     input_scales: dict[str, tuple[float, float]]
     run_dir: Any
     seconds: float
+    resumed_from: int | None = None
 
     @property
     def sae(self) -> SAE:
@@ -168,7 +169,7 @@ def train_sae(
     )
     trained = {n: s.fold_input_scale(*scales[n]) for n, s in result.params.items()}
     return SAETrainResult(trained, result.state, result.metrics, scales, result.run_dir,
-                          time.perf_counter() - start_time)
+                          time.perf_counter() - start_time, result.resumed_from)
 
 
 def _batch_source(data: Data, config: TrainSAEConfig) -> tuple[Callable[[int], dict], dict[str, int]]:

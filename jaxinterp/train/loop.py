@@ -167,7 +167,7 @@ def train(
                     log.record(s, {f"eval_{k}": v for k, v in out.items()}, flush=True)
                 if do_ckpt:
                     log.flush()  # metrics.json always covers every checkpoint
-                    step_ = jnp.asarray(s, jnp.int32)
+                    step_ = commit(jnp.asarray(s, jnp.int32), replicated)
                     ckpt.save(s, {"params": params_, "opt_state": opt_state, "step": step_,
                                   "key": key, "extra": extra})
         log.flush()
