@@ -1,7 +1,9 @@
 """The ``jaxinterp`` command.
 
-    jaxinterp demo                      the main job: train a small LM on the embedded corpus
-    jaxinterp train --n-layers 4 ...    the same recipe with any field overridden
+    jaxinterp demo                      the main job: a one-layer LM, then SAEs on its MLP
+    jaxinterp train --n-layers 4 ...    train a language model (any field overridden)
+    jaxinterp train-sae --model M --site S   an SAE on any loadable model's hook site
+    jaxinterp eval-sae --sae F --model M     evaluate an SAE file on a model
     jaxinterp experiment --list         the reproductions available
     jaxinterp experiment NAME --help    one reproduction and its settings
 
@@ -81,11 +83,14 @@ def make_parser() -> argparse.ArgumentParser:
         prog="jaxinterp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     lm_cls, _ = recipes.get("train-lm")
-    demo = sub.add_parser("demo", help="the main job: train a small LM on the embedded corpus, "
-                          "write runs/demo/ (loss curve, samples, attention patterns)")
-    add_dataclass_args(demo, lm_cls, DEMO_DEFAULTS)
+    demo = sub.add_parser("demo", help="the main job (towards monosemanticity): a one-layer LM on "
+                          "the embedded corpus, SAEs of several widths on its MLP, runs/demo/")
+    add_dataclass_args(demo, recipes.get("monosemanticity")[0], DEMO_DEFAULTS)
     train = sub.add_parser("train", help="train a transformer LM (any LMConfig field as a flag)")
     add_dataclass_args(train, lm_cls)
+    for name, text in (("train-sae", "train an SAE on a model's hook site (mesh, multi-host flags)"),
+                       ("eval-sae", "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model")):
+        add_dataclass_args(sub.add_parser(name, help=text), recipes.get(name)[0])
     exp = sub.add_parser("experiment", help="run a reproduction from experiments/ by name",
                          add_help=False)
     exp.add_argument("name", nargs="?", help="experiment name (see --list)")
@@ -98,10 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("demo", "train"):
+    if args.command in ("demo", "train", "train-sae", "eval-sae"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return _run("train-lm", args, DEMO_DEFAULTS if args.command == "demo" else None)
+        if args.command == "demo":
+            return _run("monosemanticity", args, DEMO_DEFAULTS)
+        return _run("train-lm" if args.command == "train" else args.command, args)
     if args.list or not args.name:
         width = max(len(n) for n in recipes.RECIPES)
         for name, (_, _, _, doc) in sorted(recipes.RECIPES.items()):

@@ -19,6 +19,12 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                  "train a small transformer on the embedded corpus and write its report"),
     "ioi": ("jaxinterp.recipes.ioi", "IOIConfig", "run_ioi",
             "indirect object identification: patching sweeps, attribution patching, logit lens"),
+    "monosemanticity": ("jaxinterp.recipes.monosemanticity", "MonosemanticityConfig", "run_monosemanticity",
+                        "the main job: a one-layer LM, then SAEs of several widths on its MLP neurons"),
+    "train-sae": ("jaxinterp.recipes.train_sae", "TrainSAERecipe", "run_train_sae",
+                  "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
+    "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",
+                 "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
 }
 
 

@@ -104,13 +104,20 @@ def model_config(cfg: LMConfig, d_vocab: int) -> TransformerConfig:
     )
 
 
-def train_lm(cfg: LMConfig) -> dict:
-    """Runs the whole pipeline; returns the summary also written to ``report.json``."""
+def corpus_splits(cfg: LMConfig):
+    """``(tokenizer, tokens, train_tokens, val_tokens)``: the corpus tokenized (cached) and
+    split, the last ``val_fraction`` (at least one batch) held out."""
     tokenizer = _tokenizer(cfg)
     tokens = tokenize_corpus(_documents(cfg), tokenizer)
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len * cfg.batch_size)
-    train_windows = TokenWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed)
-    val_windows = TokenWindows(tokens[-n_val:], cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
+    return tokenizer, tokens, tokens[:-n_val], tokens[-n_val:]
+
+
+def train_lm(cfg: LMConfig) -> dict:
+    """Runs the whole pipeline; returns the summary also written to ``report.json``."""
+    tokenizer, tokens, train_tokens, val_tokens = corpus_splits(cfg)
+    train_windows = TokenWindows(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    val_windows = TokenWindows(val_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
     mcfg = model_config(cfg, tokenizer.vocab_size)
     model = init_transformer(mcfg, jax.random.key(cfg.seed))
 

@@ -191,9 +191,24 @@ class _Reader(eqx.Module):
         _, cache = run_with_cache(model, tokens, names=list(self.names))
         out = {}
         for n in self.names:
-            act = cache[n][:, self.skip_first:]
-            out[n] = act.reshape(-1, act.shape[-1]).astype(jnp.float32)
+            act = cache[n][:, self.skip_first:]  # [batch, pos, ...]; hook_z's heads flatten
+            out[n] = act.reshape(act.shape[0] * act.shape[1], -1).astype(jnp.float32)
         return out
+
+
+def site_activations(model: Any, tokens: np.ndarray, sites: str | Sequence[str], *,
+                     chunk: int = 16) -> dict[str, np.ndarray]:
+    """Activations at ``sites`` for token sequences ``[n, pos]``, as host arrays
+    ``[n * pos, d]`` (one compiled forward per chunk shape; for evaluation sets)."""
+    names = (sites,) if isinstance(sites, str) else tuple(sites)
+    read = eqx.filter_jit(_Reader(names, 0))
+    tokens = np.asarray(tokens)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, len(tokens), chunk):
+        out = read(model, jnp.asarray(tokens[start:start + chunk]))
+        for n in names:
+            parts[n].append(np.asarray(out[n]))
+    return {n: np.concatenate(p) for n, p in parts.items()}
 
 
 def _token_source(tokens: Any, model_batch: int) -> Callable[[int], np.ndarray]:
