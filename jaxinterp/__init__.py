@@ -2,10 +2,11 @@
 
 ``import jaxinterp as ji`` gives the curated public API: hooked transformers and their
 configs, the hook transforms (cache, patch, steer), and the errors jaxinterp raises.
-Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.viz``) hold the rest.
+Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.sae``, ``ji.viz``) hold
+the rest.
 """
 
-from jaxinterp import data, interp, io, models, train, viz  # noqa: E402  (sub-packages)
+from jaxinterp import data, interp, io, models, sae, train, viz  # noqa: E402  (sub-packages)
 from jaxinterp.errors import (
     CheckpointError,
     ConfigError,
@@ -77,6 +78,7 @@ __all__ = [
     "models",
     "path_patching",
     "per_token_loss",
+    "sae",
     "train",
     "viz",
     "Cache",

@@ -86,7 +86,7 @@ class MonosemanticityConfig:
             return self
         return dataclasses.replace(
             self, d_model=32, d_mlp=64, n_heads=2, seq_len=32, lm_steps=60, vocab_size=512,
-            widths="1,2,4", sae_steps=150, sae_batch=256, buffer_tokens=4096, k=8,
+            widths="1,4", sae_steps=120, sae_batch=256, buffer_tokens=4096, k=8,
             eval_tokens=4096, checkpoint_every=50, top_k_contexts=8)
 
 

@@ -72,7 +72,7 @@ def _dense(sae: SAE, x, y, dead, aux) -> tuple[Array, Array, Array, Array]:
     w = sae.decoder_norms if cfg.l1_decoder_norm else 1.0
     zero = jnp.zeros((), jnp.float32)
     if arch == "gated":
-        z = sae.sae_in(x) @ sae.W_enc
+        z = sae.encoder_z(x)
         pi_gate = z + sae.b_gate
         acts = jnp.where(pi_gate > 0, jax.nn.relu(z * jnp.exp(sae.r_mag) + sae.b_mag), 0.0)
         y_hat = sae.decode(acts) + sae.skip(x)

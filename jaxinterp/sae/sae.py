@@ -61,10 +61,19 @@ class SAE(eqx.Module):
         x = x.astype(self.W_enc.dtype)
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
 
+    def encoder_z(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
+        """``sae_in(x) @ W_enc``, computed as ``x @ W_enc - b_dec @ W_enc``: equal, but the
+        gradient of ``b_dec`` through it is a mat-vec instead of a second batch-sized matmul
+        (``d b_dec = -W_enc @ sum_t d z_t``)."""
+        z = jnp.einsum("...d,ds->...s", x.astype(self.W_enc.dtype), self.W_enc)
+        if self.cfg.apply_b_dec_to_input:
+            z = z - self.b_dec @ self.W_enc
+        return z
+
     def hidden_pre(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_sae"]:
         """Pre-activations (for a gated SAE, the magnitude path's)."""
         self.check_input(x)
-        z = jnp.einsum("...d,ds->...s", self.sae_in(x), self.W_enc)
+        z = self.encoder_z(x)
         if self.cfg.architecture == "gated":
             return z * jnp.exp(self.r_mag) + self.b_mag
         return z + self.b_enc
@@ -74,7 +83,7 @@ class SAE(eqx.Module):
         self.check_input(x)
         arch = self.cfg.architecture
         if arch == "gated":
-            z = jnp.einsum("...d,ds->...s", self.sae_in(x), self.W_enc)
+            z = self.encoder_z(x)
             gate = z + self.b_gate > 0
             return jnp.where(gate, jax.nn.relu(z * jnp.exp(self.r_mag) + self.b_mag), 0.0)
         pre = self.hidden_pre(x)
