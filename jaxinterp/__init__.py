@@ -2,7 +2,8 @@
 
 ``import jaxinterp as ji`` gives the curated public API: hooked transformers and their
 configs, the hook transforms (cache, patch, steer), and the errors jaxinterp raises.
-Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.viz``) hold the rest.
+Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.sae``, ``ji.viz``) hold
+the rest.
 """
 
 from jaxinterp import interp, models
@@ -68,7 +69,7 @@ __version__ = "0.1.0"
 
 # Sub-packages loaded on first use (``ji.train``, ``ji.viz``...), so that importing
 # jaxinterp does not pay for orbax, optax, tokenizers or matplotlib up front.
-_LAZY = ("data", "io", "train", "viz", "features")
+_LAZY = ("data", "io", "train", "viz", "features", "sae")
 
 
 def __getattr__(name: str):
@@ -95,6 +96,7 @@ __all__ = [
     "models",
     "path_patching",
     "per_token_loss",
+    "sae",
     "train",
     "viz",
     "Cache",

@@ -1,7 +1,9 @@
 """The ``jaxinterp`` command.
 
-    jaxinterp demo                      the main job (see README)
-    jaxinterp train --n-layers 4 ...    train a small LM on the embedded corpus
+    jaxinterp demo                      the main job: a one-layer LM, then SAEs on its MLP
+    jaxinterp train --n-layers 4 ...    train a language model (any field overridden)
+    jaxinterp train-sae --model M --site S   an SAE on any loadable model's hook site
+    jaxinterp eval-sae --sae F --model M     evaluate an SAE file on a model
     jaxinterp experiment --list         the reproductions available
     jaxinterp experiment NAME --help    one reproduction and its settings
 
@@ -28,12 +30,14 @@ from typing import Any
 from jaxinterp import recipes
 from jaxinterp.errors import ConfigError, JaxinterpError
 
-DEMO = "train-lm"  # the recipe `jaxinterp demo` runs
+DEMO = "monosemanticity"  # the recipe `jaxinterp demo` runs
 DEMO_DEFAULTS = {"name": "demo"}
 # Subcommands that run one recipe with its dataclass flags: name -> (recipe, defaults, help)
 COMMANDS: dict[str, tuple[str, dict, str]] = {
-    "demo": (DEMO, DEMO_DEFAULTS, "the main job: " + recipes.RECIPES[DEMO][3]),
+    "demo": (DEMO, DEMO_DEFAULTS, recipes.RECIPES[DEMO][3]),
     "train": ("train-lm", {}, "train a transformer LM on the embedded corpus (any LMConfig field as a flag)"),
+    "train-sae": ("train-sae", {}, "train an SAE on a model's hook site (mesh and multi-host flags)"),
+    "eval-sae": ("eval-sae", {}, "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
 }
 
 

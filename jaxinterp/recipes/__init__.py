@@ -23,6 +23,12 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                       "conv net on rendered shapes: measured edge/curve units, visualisations, weight circuits"),
     "text_featurevis": ("jaxinterp.recipes.text_featurevis", "TextFeatureVisConfig", "run_text_featurevis",
                         "LM neurons visualised by soft prompts and token search, against their top contexts"),
+    "monosemanticity": ("jaxinterp.recipes.monosemanticity", "MonosemanticityConfig", "run_monosemanticity",
+                        "the main job: a one-layer LM, then SAEs of several widths on its MLP neurons"),
+    "train-sae": ("jaxinterp.recipes.train_sae", "TrainSAERecipe", "run_train_sae",
+                  "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
+    "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",
+                 "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
 }
 
 
