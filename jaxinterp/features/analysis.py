@@ -39,6 +39,7 @@ from jaxinterp.features import contexts as C
 from jaxinterp.features import cooccurrence as CO
 from jaxinterp.features import histogram as H
 from jaxinterp.features.result import FeatureAnalysis
+from jaxinterp.features.sparse import sparse_encode
 from jaxinterp.hooks import hook_names, run_with_cache
 
 
@@ -57,6 +58,7 @@ class AnalysisSettings:
         cooccurrence: count co-occurring features (``4 d_sae**2`` bytes).
         skip_first: positions at the start of every sequence left out (e.g. a BOS token).
         seed: seed of the interval sampling.
+        max_new: new contexts whose windows are built per round (0: ``max(d_sae, 1024)``).
     """
 
     k: int = 16
@@ -69,6 +71,7 @@ class AnalysisSettings:
     cooccurrence: bool = True
     skip_first: int = 0
     seed: int = 0
+    max_new: int = 0
 
     def check(self, d_sae: int, seq_len: int) -> None:
         H.check_bins(self.n_bins, self.n_intervals)
@@ -119,25 +122,31 @@ def site_input(model: Any, tokens: jax.Array, site: str) -> jax.Array:
 def step(state: AnalysisState, model: Any, sae: Any, tokens: jax.Array, seq: jax.Array,
          chunk_index: jax.Array, key: jax.Array, s: AnalysisSettings, ctx: int) -> AnalysisState:
     """One chunk: ``tokens [batch, pos]`` with sequence ids ``seq`` (-1 = padding row)."""
-    acts = sae.encode(site_input(model, tokens, sae.cfg.hook_name)).astype(jnp.float32)
-    b, p, d_sae = acts.shape
-    valid = (seq[:, None] >= 0) & (jnp.arange(p)[None, :] >= s.skip_first)     # [b, p]
-    acts = jnp.where(valid[..., None], acts, 0.0)
-    fires = acts > 0
-    flat = acts.reshape(b * p, d_sae)
-    strongest, feature = jax.lax.top_k(flat, min(s.max_active, d_sae))          # [n, L]
-    active = strongest > 0
-    hist = H.grow_range(state.hist, flat.max(0))
-    hist = H.add_values(hist, feature, strongest)
-    chunk = C.Chunk.build(acts, tokens, seq, ctx, s.before)
+    x = site_input(model, tokens, sae.cfg.hook_name)
+    b, p, d_in = x.shape
+    d_sae = sae.cfg.d_sae
+    val, idx, n_active, dense = sparse_encode(sae, x.reshape(b * p, d_in), s.max_active)
+    valid = ((seq[:, None] >= 0) & (jnp.arange(p)[None, :] >= s.skip_first)).reshape(-1)   # [n]
+    val = jnp.where(valid[:, None], val, 0.0)
+    n_active = jnp.where(valid, n_active, 0)
+    truncated = (n_active > val.shape[1]).sum().astype(jnp.int32)
+    fires = jnp.zeros(d_sae, jnp.int32).at[idx].add((val > 0).astype(jnp.int32))
+    act_sum = jnp.zeros(d_sae, jnp.float32).at[idx].add(val)
+    if dense is not None:  # exact density and sums when some token has more than max_active active
+        def exact(_):
+            a = jnp.where(valid[:, None], dense, 0.0)
+            return (a > 0).sum(0).astype(jnp.int32), a.sum(0)
+
+        fires, act_sum = jax.lax.cond(truncated > 0, exact, lambda _: (fires, act_sum), None)
+    chunk = C.Chunk.build(val, idx, tokens, seq, d_sae, ctx, s.before)
+    hist = H.add_values(H.grow_range(state.hist, chunk.v.max(0)), idx, val)
     prio = C.priorities(key, chunk_index, b, d_sae)
-    cooc = state.cooc if state.cooc is None else CO.add_tokens(state.cooc, feature, active)
+    max_new = s.max_new or max(d_sae, 1024)
+    cooc = state.cooc if state.cooc is None else CO.add_tokens(state.cooc, idx, val > 0)
     return AnalysisState(
-        state.fires + fires.sum((0, 1)).astype(jnp.int32), state.act_sum + acts.sum((0, 1)),
-        state.n_tokens + valid.sum().astype(jnp.int32),
-        state.truncated + (fires.sum(-1) > s.max_active).sum().astype(jnp.int32),
-        hist, C.update_top(state.top, chunk), C.update_intervals(state.intervals, chunk, prio, hist.exponent,
-                                                                 s.n_intervals), cooc)
+        state.fires + fires, state.act_sum + act_sum, state.n_tokens + valid.sum().astype(jnp.int32),
+        state.truncated + truncated, hist, C.update_top(state.top, chunk, max_new),
+        C.update_intervals(state.intervals, chunk, prio, hist.exponent, s.n_intervals, max_new), cooc)
 
 
 _step = jax.jit(step, static_argnames=("s", "ctx"), donate_argnums=0)

@@ -6,20 +6,24 @@ feature's largest activation in it, ``v[b, s] = max_p a[b, p, s]``, at position
 (shifted to stay inside the sequence) with the feature's activation on every token, so a
 reader sees where it fires and how strongly, and nothing has to be recomputed later.
 
-* **Top-k** (:func:`update_top`): per feature, the ``k`` contexts with the largest ``v``,
-  merged chunk by chunk with one ``lax.top_k`` over ``k + batch`` candidates (as in
-  :mod:`jaxinterp.features.topk`); ties keep the earlier context.
+* **Top-k** (:func:`update_top`): per feature, the ``k`` contexts with the largest ``v``;
+  each chunk's candidates merge in with one ``lax.top_k`` over ``k + batch`` scores
+  (ties keep the earlier context, as in :mod:`jaxinterp.features.topk`).
 * **Interval samples** (:func:`update_intervals`): the range ``[0, R_s)`` of the feature's
   histogram (:mod:`jaxinterp.features.histogram`) is cut into ``n_intervals`` equal
-  intervals (SAEDashboard's "quantile" groups), and each keeps a uniform random sample of
+  intervals (SAEDashboard's "quantile" groups); each keeps a uniform random sample of
   ``per_interval`` contexts whose ``v`` falls in it. Every context draws a priority
-  ``u ~ U[0, 1)`` (:func:`priorities`); an interval keeps its ``per_interval`` highest
-  priorities. When the range doubles, intervals merge, and the top priorities of a merged
-  interval are among those its parts kept, so the sample stays exactly the one a single
-  pass over the final intervals would draw.
+  ``u ~ U[0, 1)`` (:func:`priorities`) and an interval keeps its highest priorities. When
+  the range doubles, intervals merge, and the top priorities of a merged interval are
+  among those its parts kept, so the sample is exactly what one pass over the final
+  intervals would draw.
 
-Everything is vectorised over features: no Python loop runs over them, and the state is
-``d_sae x slots x ctx`` whatever the length of the token stream.
+Slots are an unordered set per feature (sorted on the host at the end): a kept context
+never moves, a new one takes a freed slot. Only *new* contexts need their windows, and
+after the first chunks few contexts are new, so windows are built for a compacted list
+of new (feature, slot) pairs, ``max_new`` at a time (a ``while_loop`` inside the one
+compiled program). Windows come from the sparse activations (each token's strongest
+features), so no ``[batch, pos, d_sae]`` array is ever gathered from.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ from jaxinterp.features.histogram import interval_index
 
 
 class Windows(eqx.Module):
-    """Kept contexts, ``[d_sae, slots]`` (``ctx`` tokens each). Empty slots: ``seq = -1``."""
+    """Kept contexts, ``[d_sae, slots]`` (``ctx`` tokens each); empty slots have ``seq = -1``."""
 
-    values: Float[Array, "s slots"]      # the feature's max activation in the context
-    priority: Float[Array, "s slots"]    # sampling priority (interval samples); -inf = empty
+    values: Float[Array, "s slots"]      # the feature's max activation in the context (-inf: empty)
+    priority: Float[Array, "s slots"]    # sampling priority (interval samples)
     seq: Int[Array, "s slots"]           # sequence id in the token stream
     start: Int[Array, "s slots"]         # position of the window's first token
     acts: Float[Array, "s slots ctx"]    # the feature's activation on each window token
@@ -51,22 +55,42 @@ def init_windows(d_sae: int, slots: int, ctx: int) -> Windows:
 
 
 class Chunk(eqx.Module):
-    """One chunk's candidates: activations ``[batch, pos, d_sae]``, tokens, sequence ids
-    (-1 for padding rows), per-(sequence, feature) max ``v`` and window ``start``."""
+    """One chunk of sequences: sparse activations ``val``/``idx [batch * pos, L]`` (each
+    token's strongest features), ``tokens [batch, pos]``, sequence ids ``seq [batch]`` (-1:
+    padding row), and per (sequence, feature) the max ``v [batch, d_sae]`` (``-inf`` for
+    padding rows) and the window ``start``."""
 
-    acts: Float[Array, "b p s"]
+    val: Float[Array, "n l"]
+    idx: Int[Array, "n l"]
     tokens: Int[Array, "b p"]
     seq: Int[Array, " b"]
     v: Float[Array, "b s"]
     start: Int[Array, "b s"]
 
     @classmethod
-    def build(cls, acts: Array, tokens: Array, seq: Array, ctx: int, before: int) -> Chunk:
-        """``v = max_p acts`` (``-inf`` for padding rows) and the window start around the argmax."""
-        p = acts.shape[1]
-        v = jnp.where(seq[:, None] >= 0, acts.max(1), -jnp.inf)
-        start = jnp.clip(acts.argmax(1).astype(jnp.int32) - before, 0, p - ctx)
-        return cls(acts, tokens, seq, v, start)
+    def build(cls, val: Array, idx: Array, tokens: Array, seq: Array, d_sae: int, ctx: int, before: int
+              ) -> Chunk:
+        """``v`` by a scatter-max of the sparse activations, the argmax (first position
+        reaching the max) by a scatter-min, and the window start around it."""
+        b, p = tokens.shape
+        row = jnp.broadcast_to((jnp.arange(b * p) // p)[:, None], idx.shape)
+        pos = jnp.broadcast_to((jnp.arange(b * p) % p)[:, None], idx.shape)
+        v = jnp.zeros((b, d_sae), jnp.float32).at[row, idx].max(val)
+        at_max = (val > 0) & (val == v[row, idx])
+        arg = jnp.full((b, d_sae), p, jnp.int32).at[row, idx].min(jnp.where(at_max, pos, p))
+        start = jnp.clip(jnp.where(arg < p, arg, 0) - before, 0, p - ctx)
+        return cls(val, idx, tokens, seq, jnp.where(seq[:, None] >= 0, v, -jnp.inf), start)
+
+    def window(self, feature: Int[Array, " m"], row: Int[Array, " m"], start: Int[Array, " m"], ctx: int
+               ) -> tuple[Float[Array, "m ctx"], Int[Array, "m ctx"]]:
+        """Feature ``feature[i]``'s activations and the tokens on ``ctx`` positions of chunk
+        row ``row[i]`` from ``start[i]`` (read from the sparse activations)."""
+        p = self.tokens.shape[1]
+        pos = start[:, None] + jnp.arange(ctx)[None, :]                    # [m, ctx]
+        t = row[:, None] * p + pos
+        hit = self.idx[t] == feature[:, None, None]                        # [m, ctx, L]
+        acts = jnp.where(hit, self.val[t], 0.0).sum(-1)
+        return acts, self.tokens[row[:, None], pos]
 
 
 def priorities(key: jax.Array, chunk_index: Int[Array, ""], batch: int, d_sae: int) -> Float[Array, "b s"]:
@@ -74,55 +98,73 @@ def priorities(key: jax.Array, chunk_index: Int[Array, ""], batch: int, d_sae: i
     return jax.random.uniform(jax.random.fold_in(key, chunk_index), (batch, d_sae))
 
 
-def _gather(chunk: Chunk, rows: Int[Array, "s slots"], ctx: int) -> tuple[Array, Array, Array]:
-    """Window start, activations and tokens of chunk row ``rows[s, j]`` for feature ``s``."""
-    feature = jnp.arange(rows.shape[0])[:, None]
-    start = chunk.start[rows, feature]                          # [s, slots]
-    pos = start[..., None] + jnp.arange(ctx)                    # [s, slots, ctx]
-    acts = chunk.acts[rows[..., None], pos, feature[..., None]]
-    return start, acts, chunk.tokens[rows[..., None], pos]
+def _fill(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values_new: Array,
+          priority_new: Array, max_new: int) -> Windows:
+    """Kept old slots stay; the ``r``-th new context of a feature takes its ``r``-th free slot."""
+    s, slots = keep_old.shape
+    ctx = state.acts.shape[-1]
+    free_rank = jnp.where(~keep_old, jnp.cumsum(~keep_old, 1) - 1, slots)     # [s, slots]
+    slot_of_rank = jnp.full((s, slots + 1), 0, jnp.int32).at[
+        jnp.arange(s)[:, None], free_rank].set(jnp.arange(slots, dtype=jnp.int32)[None, :])
+    new_rank = jnp.cumsum(take_new, 1) - 1                                   # [s, b]
+    slot = jnp.where(take_new, jnp.take_along_axis(slot_of_rank, jnp.minimum(new_rank, slots), 1), slots)
+    feature = jnp.broadcast_to(jnp.arange(s)[:, None], slot.shape)
+
+    def put(old: Array, new: Array, empty: Array) -> Array:
+        cleared = jnp.where(keep_old, old, empty)
+        return jnp.concatenate([cleared, jnp.zeros_like(cleared[:, :1])], 1).at[feature, slot].set(new)[:, :slots]
+
+    out = Windows(put(state.values, values_new, -jnp.inf), put(state.priority, priority_new, -jnp.inf),
+                  put(state.seq, jnp.broadcast_to(chunk.seq[None, :], slot.shape), -1),
+                  put(state.start, chunk.start.T, 0), state.acts, state.tokens)
+    # Windows of the new contexts, max_new (feature, row) pairs per round.
+    flat = take_new.reshape(-1)
+    total = flat.sum()
+    rank = jnp.cumsum(flat) - 1
+
+    def round_(carry):
+        i, acts, tokens = carry
+        lo = i * max_new
+        dest = jnp.where(flat & (rank >= lo) & (rank < lo + max_new), rank - lo, max_new)
+        which = jnp.full(max_new + 1, -1, jnp.int32).at[dest].set(jnp.arange(flat.shape[0], dtype=jnp.int32))
+        which = which[:max_new]
+        valid = which >= 0
+        which = jnp.maximum(which, 0)
+        f, r = which // take_new.shape[1], which % take_new.shape[1]
+        w_acts, w_tokens = chunk.window(f, r, chunk.start[r, f], ctx)
+        target = jnp.where(valid, slot[f, r], slots)                          # invalid: dropped
+        acts = acts.at[f, target].set(w_acts, mode="drop")
+        tokens = tokens.at[f, target].set(w_tokens, mode="drop")
+        return i + 1, acts, tokens
+
+    _, acts, tokens = jax.lax.while_loop(lambda c: c[0] * max_new < total, round_, (jnp.zeros((), jnp.int32), out.acts, out.tokens))
+    return Windows(out.values, out.priority, out.seq, out.start, acts, tokens)
 
 
-def _select(old: Windows, chunk: Chunk, where: Int[Array, "s slots"], values: Array, priority: Array
-            ) -> Windows:
-    """New windows: slot ``j`` of feature ``s`` is old slot ``where`` or chunk row ``where - old``."""
-    n_old, ctx = old.values.shape[1], old.acts.shape[-1]
-    from_chunk = where >= n_old
-    row = jnp.where(from_chunk, where - n_old, 0)
-    keep = jnp.where(from_chunk, 0, where)
-    start, acts, tokens = _gather(chunk, row, ctx)
-
-    def pick(new: Array, prev: Array) -> Array:
-        prev = jnp.take_along_axis(prev, keep.reshape(*keep.shape, *([1] * (prev.ndim - 2))), 1)
-        return jnp.where(from_chunk.reshape(*from_chunk.shape, *([1] * (new.ndim - 2))), new, prev)
-
-    seq = jnp.where(from_chunk, chunk.seq[row], jnp.take_along_axis(old.seq, keep, 1))
-    seq = jnp.where(jnp.isfinite(values) & jnp.isfinite(priority), seq, -1)
-    return Windows(values, priority, seq, pick(start, old.start), pick(acts, old.acts), pick(tokens, old.tokens))
-
-
-def update_top(state: Windows, chunk: Chunk) -> Windows:
+def update_top(state: Windows, chunk: Chunk, max_new: int) -> Windows:
     """Merges a chunk into each feature's top-``k`` contexts (by max activation)."""
-    candidates = jnp.concatenate([state.values, chunk.v.T], axis=1)   # [s, k + b]
-    values, where = jax.lax.top_k(candidates, state.values.shape[1])
-    return _select(state, chunk, where, values, jnp.zeros_like(values))
+    k = state.values.shape[1]
+    fresh = jnp.where(chunk.v.T > 0, chunk.v.T, -jnp.inf)                    # only contexts where it fires
+    candidates = jnp.concatenate([state.values, fresh], axis=1)               # [s, k + b]
+    values, where = jax.lax.top_k(candidates, k)
+    chosen = jnp.zeros(candidates.shape, bool).at[jnp.arange(candidates.shape[0])[:, None], where].set(
+        jnp.isfinite(values))
+    return _fill(state, chunk, chosen[:, :k], chosen[:, k:], chunk.v.T, jnp.zeros_like(chunk.v.T), max_new)
 
 
 def update_intervals(state: Windows, chunk: Chunk, priority: Float[Array, "b s"], exponent: Int[Array, " s"],
-                     n_intervals: int) -> Windows:
-    """Merges a chunk into each feature's per-interval random samples (``state`` slots are
-    ``n_intervals x per_interval``, interval-major). ``exponent`` is the (already grown)
-    histogram range ``2**exponent`` of each feature."""
+                     n_intervals: int, max_new: int) -> Windows:
+    """Merges a chunk into each feature's per-interval random samples (``n_intervals x
+    per_interval`` unordered slots); ``exponent`` is the (already grown) histogram range
+    ``2**exponent`` of each feature, which decides every sample's interval."""
     s, slots = state.values.shape
     per = slots // n_intervals
     values = jnp.concatenate([state.values, chunk.v.T], axis=1)                    # [s, C]
-    prio = jnp.concatenate([state.priority, jnp.where(chunk.v.T > 0, priority.T, -jnp.inf)], axis=1)
+    prio = jnp.concatenate([state.priority, priority.T], axis=1)
     prio = jnp.where(values > 0, prio, -jnp.inf)
     interval = interval_index(jnp.maximum(values, 0.0), exponent[:, None], n_intervals)
     mine = interval[:, None, :] == jnp.arange(n_intervals)[None, :, None]          # [s, B, C]
-    score = jnp.where(mine, prio[:, None, :], -jnp.inf)
-    top_prio, where = jax.lax.top_k(score, per)                                   # [s, B, per]
-    where = where.reshape(s, slots)
-    top_prio = top_prio.reshape(s, slots)
-    kept = jnp.where(jnp.isfinite(top_prio), jnp.take_along_axis(values, where, 1), -jnp.inf)
-    return _select(state, chunk, where, kept, top_prio)
+    top_prio, where = jax.lax.top_k(jnp.where(mine, prio[:, None, :], -jnp.inf), per)   # [s, B, per]
+    # an interval with fewer members returns -inf picks that may repeat another interval's: max, not set
+    chosen = jnp.zeros(values.shape, bool).at[jnp.arange(s)[:, None, None], where].max(jnp.isfinite(top_prio))
+    return _fill(state, chunk, chosen[:, :slots], chosen[:, slots:], chunk.v.T, priority.T, max_new)

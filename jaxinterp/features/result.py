@@ -149,16 +149,33 @@ def finalize(state: Any, sae: Any, settings: Any, n_sequences: int) -> FeatureAn
     n = max(int(host["n"]), 1)
     fires = host["fires"].astype(np.int64)
 
-    def group(w: Any, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-        seq = np.where(w.values > 0, w.seq, -1)
-        out = {"values": np.where(seq >= 0, w.values, 0.0).astype(np.float32), "seq": seq.astype(np.int32),
-               "start": w.start.astype(np.int32), "acts": w.acts.astype(np.float32),
-               "tokens": w.tokens.astype(np.int32)}
-        return {k: v.reshape(*shape, *v.shape[2:]) for k, v in out.items()}
+    def fields(w: Any) -> dict[str, np.ndarray]:
+        seq = np.where(np.isfinite(w.values) & (w.values > 0), w.seq, -1)
+        return {"values": np.where(seq >= 0, w.values, 0.0).astype(np.float32), "seq": seq.astype(np.int32),
+                "start": w.start.astype(np.int32), "acts": w.acts.astype(np.float32),
+                "tokens": w.tokens.astype(np.int32), "priority": np.where(seq >= 0, w.priority, -np.inf)}
+
+    def take(group: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: np.take_along_axis(v, order.reshape(*order.shape, *([1] * (v.ndim - 2))), 1)
+                for k, v in group.items()}
 
     s = sae.cfg.d_sae
-    top = group(host["top"], (s, settings.k))
-    intervals = group(host["intervals"], (s, settings.n_intervals, settings.per_interval))
+    top = fields(host["top"])                      # slots are unordered: best first, ties by sequence
+    top = take(top, np.lexsort((np.where(top["seq"] >= 0, top["seq"], 2**31 - 1),
+                                np.where(top["seq"] >= 0, -top["values"], np.inf))))
+    top.pop("priority")
+    B, per = settings.n_intervals, settings.per_interval
+    iv = fields(host["intervals"])
+    width = host["range"][:, None] / B
+    interval = np.where(iv["seq"] >= 0, np.minimum(np.floor(iv["values"] / width), B - 1), B).astype(np.int64)
+    iv = take(iv, np.lexsort((-iv["priority"], interval)))
+    interval = np.sort(interval, axis=1)
+    rank = np.arange(interval.shape[1])[None, :] - np.argmax(interval[:, :, None] == interval[:, None, :], axis=2)
+    rows, cols = np.nonzero(interval < B)
+    intervals = {k: np.zeros((s, B, per, *v.shape[2:]), v.dtype) for k, v in iv.items() if k != "priority"}
+    intervals["seq"][:] = -1
+    for k in intervals:
+        intervals[k][rows, interval[rows, cols], rank[rows, cols]] = iv[k][rows, cols]
     counts = host["counts"].astype(np.int64)
     cooc = top_cooccurring(state.cooc) if state.cooc is not None else None
     return FeatureAnalysis(

@@ -162,3 +162,30 @@ def test_bad_inputs(case):
         A.analyze_features(model, elsewhere, tokens)
     with pytest.raises(ConfigError, match="power of two"):
         A.analyze_features(model, sae, tokens, settings=A.AnalysisSettings(n_bins=48))
+
+
+def test_topk_sparse_path_truncation_and_window_rounds(case):
+    """A TopK SAE is encoded sparsely (never densely) and gives the dense analysis; a ReLU
+    SAE with more active features than max_active keeps exact densities and reports the
+    truncated tokens; building windows a few at a time changes nothing."""
+    model, sae, tokens, r, acts = case
+    topk = init_sae(SAEConfig(d_in=16, d_sae=D_SAE, architecture="topk", k=3, hook_name=sae.cfg.hook_name),
+                    jax.random.key(5))
+    topk = eqx.tree_at(lambda s: s.W_enc, topk, sae.W_enc)
+    small = A.AnalysisSettings(**{**SETTINGS.__dict__, "max_new": 5})
+    got = A.analyze_features(model, topk, tokens, batch_size=BATCH, settings=small, logits=False, neighbours=0)
+    dense = np.array(topk.encode(A.site_input(model, jnp.asarray(tokens), sae.cfg.hook_name)))
+    dense[:, :SETTINGS.skip_first] = 0
+    np.testing.assert_allclose(got.density, (dense.reshape(-1, D_SAE) > 0).sum(0) / got.n_tokens)
+    for s in range(D_SAE):
+        for j, seq in enumerate(got.top["seq"][s]):
+            if seq >= 0:
+                start = got.top["start"][s, j]
+                np.testing.assert_allclose(got.top["acts"][s, j], dense[seq, start:start + SETTINGS.ctx, s], rtol=1e-5)
+    again = A.analyze_features(model, sae, tokens, batch_size=BATCH, settings=small, logits=False, neighbours=0)
+    np.testing.assert_array_equal(again.top["acts"], r.top["acts"])
+    np.testing.assert_array_equal(again.intervals["seq"], r.intervals["seq"])
+    few = A.AnalysisSettings(**{**SETTINGS.__dict__, "max_active": 2})
+    cut = A.analyze_features(model, sae, tokens, batch_size=BATCH, settings=few, logits=False, neighbours=0)
+    assert cut.meta["tokens_truncated"] == int(((acts > 0).sum(-1) > 2).sum()) > 0
+    np.testing.assert_allclose(cut.density, r.density)
