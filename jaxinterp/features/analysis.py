@@ -120,7 +120,7 @@ def site_input(model: Any, tokens: jax.Array, site: str) -> jax.Array:
 
 
 def step(state: AnalysisState, model: Any, sae: Any, tokens: jax.Array, seq: jax.Array,
-         chunk_index: jax.Array, key: jax.Array, s: AnalysisSettings, ctx: int) -> AnalysisState:
+         s: AnalysisSettings, ctx: int) -> AnalysisState:
     """One chunk: ``tokens [batch, pos]`` with sequence ids ``seq`` (-1 = padding row)."""
     x = site_input(model, tokens, sae.cfg.hook_name)
     b, p, d_in = x.shape
@@ -140,13 +140,12 @@ def step(state: AnalysisState, model: Any, sae: Any, tokens: jax.Array, seq: jax
         fires, act_sum = jax.lax.cond(truncated > 0, exact, lambda _: (fires, act_sum), None)
     chunk = C.Chunk.build(val, idx, tokens, seq, d_sae, ctx, s.before)
     hist = H.add_values(H.grow_range(state.hist, chunk.v.max(0)), idx, val)
-    prio = C.priorities(key, chunk_index, b, d_sae)
     max_new = s.max_new or max(d_sae, 1024)
     cooc = state.cooc if state.cooc is None else CO.add_tokens(state.cooc, idx, val > 0)
     return AnalysisState(
         state.fires + fires, state.act_sum + act_sum, state.n_tokens + valid.sum().astype(jnp.int32),
         state.truncated + truncated, hist, C.update_top(state.top, chunk, max_new),
-        C.update_intervals(state.intervals, chunk, prio, hist.exponent, s.n_intervals, max_new), cooc)
+        C.update_intervals(state.intervals, chunk, hist.exponent, s.n_intervals, s.seed, max_new, s.before), cooc)
 
 
 _step = jax.jit(step, static_argnames=("s", "ctx"), donate_argnums=0)
@@ -216,9 +215,9 @@ def analyze_features(model: Any, sae: Any, tokens: Any, *, batch_size: int = 32,
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     start_time = time.perf_counter()
     d_sae = sae.cfg.d_sae
-    state, ctx, key, n_seq, compute = None, 0, jax.random.key(settings.seed), 0, 0.0
+    state, ctx, n_seq = None, 0, 0
     bar = tqdm(desc="feature analysis", unit="seq", disable=not progress)
-    for i, (toks, ids) in enumerate(chunks(tokens, batch_size)):
+    for toks, ids in chunks(tokens, batch_size):
         if max_sequences is not None and n_seq >= max_sequences:
             break
         if state is None:
@@ -227,8 +226,7 @@ def analyze_features(model: Any, sae: Any, tokens: Any, *, batch_size: int = 32,
             check_site(model, sae, seq_len)
             ctx = min(settings.ctx, seq_len)
             state = init_state(d_sae, settings, ctx)
-        state = _step(state, model, sae, jnp.asarray(toks), jnp.asarray(ids), jnp.asarray(i, jnp.int32),
-                      key, s=settings, ctx=ctx)
+        state = _step(state, model, sae, jnp.asarray(toks), jnp.asarray(ids), s=settings, ctx=ctx)
         n_seq += int((ids >= 0).sum())
         bar.update(int((ids >= 0).sum()))
     bar.close()

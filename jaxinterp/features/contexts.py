@@ -12,11 +12,13 @@ reader sees where it fires and how strongly, and nothing has to be recomputed la
 * **Interval samples** (:func:`update_intervals`): the range ``[0, R_s)`` of the feature's
   histogram (:mod:`jaxinterp.features.histogram`) is cut into ``n_intervals`` equal
   intervals (SAEDashboard's "quantile" groups); each keeps a uniform random sample of
-  ``per_interval`` contexts whose ``v`` falls in it. Every context draws a priority
-  ``u ~ U[0, 1)`` (:func:`priorities`) and an interval keeps its highest priorities. When
-  the range doubles, intervals merge, and the top priorities of a merged interval are
-  among those its parts kept, so the sample is exactly what one pass over the final
-  intervals would draw.
+  ``per_interval`` *tokens* whose activation falls in it, shown with the window around
+  them. Every active (token, feature) pair has a priority ``u`` in ``[0, 1)``, a hash of
+  the token's position in the stream and the feature (:func:`priorities`, so the sample
+  does not depend on how the stream is chunked), and an interval keeps its highest
+  priorities. When the range doubles, intervals merge, and the top priorities of a merged
+  interval are among those its parts kept, so the sample is exactly what one pass over
+  the final intervals would draw.
 
 Slots are an unordered set per feature (sorted on the host at the end): a kept context
 never moves, a new one takes a freed slot. Only *new* contexts need their windows, and
@@ -93,14 +95,22 @@ class Chunk(eqx.Module):
         return acts, self.tokens[row[:, None], pos]
 
 
-def priorities(key: jax.Array, chunk_index: Int[Array, ""], batch: int, d_sae: int) -> Float[Array, "b s"]:
-    """Each (sequence, feature) pair's sampling priority in chunk ``chunk_index``."""
-    return jax.random.uniform(jax.random.fold_in(key, chunk_index), (batch, d_sae))
+def priorities(token: Int[Array, "..."], feature: Int[Array, "..."], seed: int) -> Float[Array, "..."]:
+    """A uniform-looking priority in ``[0, 1)`` for (global token index, feature): an
+    integer hash (murmur3's finaliser), the same in numpy and JAX."""
+    x = (jnp.asarray(token).astype(jnp.uint32) * jnp.uint32(0x9E3779B1)
+         ^ jnp.asarray(feature).astype(jnp.uint32) * jnp.uint32(0x85EBCA77) ^ jnp.uint32(seed * 0xC2B2AE3D % 2**32))
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        x = x ^ (x >> shift)
+        if mult is not None:
+            x = x * jnp.uint32(mult)
+    return (x >> 8).astype(jnp.float32) / jnp.float32(2**24)
 
 
 def _fill(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values_new: Array,
-          priority_new: Array, max_new: int) -> Windows:
-    """Kept old slots stay; the ``r``-th new context of a feature takes its ``r``-th free slot."""
+          priority_new: Array, row_new: Array, start_new: Array, max_new: int) -> Windows:
+    """Kept old slots stay; the ``r``-th new context of a feature takes its ``r``-th free
+    slot. New candidates are ``[s, c]``: value, priority, chunk row and window start."""
     s, slots = keep_old.shape
     ctx = state.acts.shape[-1]
     free_rank = jnp.where(~keep_old, jnp.cumsum(~keep_old, 1) - 1, slots)     # [s, slots]
@@ -115,8 +125,7 @@ def _fill(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values
         return jnp.concatenate([cleared, jnp.zeros_like(cleared[:, :1])], 1).at[feature, slot].set(new)[:, :slots]
 
     out = Windows(put(state.values, values_new, -jnp.inf), put(state.priority, priority_new, -jnp.inf),
-                  put(state.seq, jnp.broadcast_to(chunk.seq[None, :], slot.shape), -1),
-                  put(state.start, chunk.start.T, 0), state.acts, state.tokens)
+                  put(state.seq, chunk.seq[row_new], -1), put(state.start, start_new, 0), state.acts, state.tokens)
     # Windows of the new contexts, max_new (feature, row) pairs per round.
     flat = take_new.reshape(-1)
     total = flat.sum()
@@ -130,9 +139,9 @@ def _fill(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values
         which = which[:max_new]
         valid = which >= 0
         which = jnp.maximum(which, 0)
-        f, r = which // take_new.shape[1], which % take_new.shape[1]
-        w_acts, w_tokens = chunk.window(f, r, chunk.start[r, f], ctx)
-        target = jnp.where(valid, slot[f, r], slots)                          # invalid: dropped
+        f, c = which // take_new.shape[1], which % take_new.shape[1]
+        w_acts, w_tokens = chunk.window(f, row_new[f, c], start_new[f, c], ctx)
+        target = jnp.where(valid, slot[f, c], slots)                          # invalid: dropped
         acts = acts.at[f, target].set(w_acts, mode="drop")
         tokens = tokens.at[f, target].set(w_tokens, mode="drop")
         return i + 1, acts, tokens
@@ -149,22 +158,54 @@ def update_top(state: Windows, chunk: Chunk, max_new: int) -> Windows:
     values, where = jax.lax.top_k(candidates, k)
     chosen = jnp.zeros(candidates.shape, bool).at[jnp.arange(candidates.shape[0])[:, None], where].set(
         jnp.isfinite(values))
-    return _fill(state, chunk, chosen[:, :k], chosen[:, k:], chunk.v.T, jnp.zeros_like(chunk.v.T), max_new)
+    rows = jnp.broadcast_to(jnp.arange(fresh.shape[1], dtype=jnp.int32)[None, :], fresh.shape)
+    return _fill(state, chunk, chosen[:, :k], chosen[:, k:], chunk.v.T, jnp.zeros_like(fresh), rows, chunk.start.T,
+                 max_new)
 
 
-def update_intervals(state: Windows, chunk: Chunk, priority: Float[Array, "b s"], exponent: Int[Array, " s"],
-                     n_intervals: int, max_new: int) -> Windows:
-    """Merges a chunk into each feature's per-interval random samples (``n_intervals x
+def interval_candidates(chunk: Chunk, exponent: Int[Array, " s"], n_intervals: int, per: int, seed: int,
+                        ctx: int, before: int) -> tuple[Array, Array, Array, Array]:
+    """Each (feature, interval)'s ``per`` highest-priority active tokens of the chunk, as
+    ``[s, n_intervals * per]`` value, priority, chunk row and window start (``per`` rounds
+    of scatter-max over the sparse activations)."""
+    b, p = chunk.tokens.shape
+    s = chunk.v.shape[1]
+    n = jnp.arange(b * p)
+    token = jnp.broadcast_to((chunk.seq[n // p] * p + n % p)[:, None], chunk.idx.shape)   # global position
+    prio = jnp.where(chunk.val > 0, priorities(token, chunk.idx, seed), -jnp.inf)
+    interval = interval_index(chunk.val, exponent[chunk.idx], n_intervals)
+    local = jnp.broadcast_to(n[:, None], chunk.idx.shape)
+    values, prios, where = [], [], []
+    for _ in range(per):
+        best = jnp.full((s, n_intervals), -jnp.inf).at[chunk.idx, interval].max(prio)
+        win = jnp.isfinite(prio) & (prio == best[chunk.idx, interval])
+        at = jnp.full((s, n_intervals), -1, jnp.int32).at[chunk.idx, interval].max(jnp.where(win, local, -1))
+        value = jnp.zeros((s, n_intervals)).at[chunk.idx, interval].max(jnp.where(win, chunk.val, 0.0))
+        values.append(jnp.where(at >= 0, value, -jnp.inf))
+        prios.append(best)
+        where.append(at)
+        prio = jnp.where(win, -jnp.inf, prio)
+    stack = lambda xs: jnp.stack(xs, -1).reshape(s, n_intervals * per)  # noqa: E731
+    value, prio_new, at = stack(values), stack(prios), stack(where)
+    row = jnp.maximum(at, 0) // p
+    start = jnp.clip(jnp.maximum(at, 0) % p - before, 0, p - ctx)
+    return value, prio_new, row, start
+
+
+def update_intervals(state: Windows, chunk: Chunk, exponent: Int[Array, " s"], n_intervals: int, seed: int,
+                     max_new: int, before: int) -> Windows:
+    """Merges a chunk into each feature's per-interval random token samples (``n_intervals x
     per_interval`` unordered slots); ``exponent`` is the (already grown) histogram range
     ``2**exponent`` of each feature, which decides every sample's interval."""
     s, slots = state.values.shape
     per = slots // n_intervals
-    values = jnp.concatenate([state.values, chunk.v.T], axis=1)                    # [s, C]
-    prio = jnp.concatenate([state.priority, priority.T], axis=1)
-    prio = jnp.where(values > 0, prio, -jnp.inf)
+    ctx = state.acts.shape[-1]
+    new_val, new_prio, row, start = interval_candidates(chunk, exponent, n_intervals, per, seed, ctx, before)
+    values = jnp.concatenate([state.values, new_val], axis=1)                        # [s, C]
+    prio = jnp.where(values > 0, jnp.concatenate([state.priority, new_prio], axis=1), -jnp.inf)
     interval = interval_index(jnp.maximum(values, 0.0), exponent[:, None], n_intervals)
-    mine = interval[:, None, :] == jnp.arange(n_intervals)[None, :, None]          # [s, B, C]
+    mine = interval[:, None, :] == jnp.arange(n_intervals)[None, :, None]            # [s, B, C]
     top_prio, where = jax.lax.top_k(jnp.where(mine, prio[:, None, :], -jnp.inf), per)   # [s, B, per]
     # an interval with fewer members returns -inf picks that may repeat another interval's: max, not set
     chosen = jnp.zeros(values.shape, bool).at[jnp.arange(s)[:, None, None], where].max(jnp.isfinite(top_prio))
-    return _fill(state, chunk, chosen[:, :slots], chosen[:, slots:], chunk.v.T, priority.T, max_new)
+    return _fill(state, chunk, chosen[:, :slots], chosen[:, slots:], new_val, new_prio, row, start, max_new)

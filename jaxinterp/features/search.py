@@ -72,6 +72,36 @@ def token_features(model: Any, sae: Any, text: str | Sequence[int] | np.ndarray,
     return tokens, np.where(values > 0, index, -1).astype(np.int32), np.maximum(values, 0.0)
 
 
+@eqx.filter_jit
+def _strongest(model: Any, sae: Any, tokens: Any, k: int) -> tuple[Any, Any]:
+    from jaxinterp.features.analysis import site_input
+    from jaxinterp.features.sparse import sparse_encode
+
+    x = site_input(model, tokens, sae.cfg.hook_name)
+    b, p, d = x.shape
+    values, index, _, _ = sparse_encode(sae, x.reshape(b * p, d), k)
+    return values.reshape(b, p, -1), index.reshape(b, p, -1)
+
+
+def passage_features(model: Any, sae: Any, tokens: np.ndarray, k: int = 5, batch_size: int = 16
+                     ) -> dict[str, np.ndarray]:
+    """Each token's ``k`` strongest features over passages ``tokens [n, pos]`` (what the
+    browser's text box shows): ``{"tokens", "index" [n, pos, k] (-1: none), "values"}``."""
+    tokens = np.asarray(tokens, np.int32)
+    if tokens.ndim != 2 or tokens.shape[0] == 0:
+        raise DataError(f"passages must be a non-empty [n, pos] token array, got shape {tokens.shape}.")
+    values, index = [], []
+    for lo in range(0, len(tokens), batch_size):
+        part = tokens[lo:lo + batch_size]
+        pad = np.concatenate([part, np.repeat(part[-1:], batch_size - len(part), 0)]) if len(part) < batch_size else part
+        v, i = _strongest(model, sae, jnp.asarray(pad), k)
+        values.append(np.asarray(v)[:len(part)])
+        index.append(np.asarray(i)[:len(part)])
+    values, index = np.concatenate(values), np.concatenate(index)
+    return {"tokens": tokens, "index": np.where(values > 0, index, -1).astype(np.int32),
+            "values": np.maximum(values, 0.0)}
+
+
 def features_for_text(model: Any, sae: Any, text: str | Sequence[int] | np.ndarray) -> NamedArray:
     """Every feature's largest activation on the passage, ``[feature]`` (``.top(10)`` ranks them)."""
     tokens = _as_tokens(model, text)

@@ -76,20 +76,28 @@ def test_top_contexts_with_windows(case):
 
 
 def test_interval_samples_equal_a_single_pass_over_the_final_intervals(case):
-    _, _, _, r, acts = case
-    v = acts.max(1)
-    key = jax.random.key(SETTINGS.seed)
-    prio = np.concatenate([np.asarray(C.priorities(key, jnp.asarray(i), BATCH, D_SAE))
-                           for i in range(-(-N_SEQ // BATCH))])[:N_SEQ]           # [seq, s]
+    """Each interval keeps the active tokens with the highest priorities among all tokens
+    whose activation ends up in it (the range grew while streaming), windows around them."""
+    _, _, tokens, r, acts = case
     B, per = SETTINGS.n_intervals, SETTINGS.per_interval
+    token = np.arange(N_SEQ * POS).reshape(N_SEQ, POS)
     for s in range(D_SAE):
-        interval = np.minimum(np.floor(v[:, s] * B / r.hist_range[s]).astype(int), B - 1)
+        prio = np.asarray(C.priorities(jnp.asarray(token), jnp.full(token.shape, s), SETTINGS.seed))
+        interval = np.minimum(np.floor(acts[..., s] * B / r.hist_range[s]).astype(int), B - 1)
         for b in range(B):
-            members = [i for i in range(N_SEQ) if v[i, s] > 0 and interval[i] == b]
-            want = sorted(sorted(members, key=lambda i: -prio[i, s])[:per])
-            got = sorted(int(i) for i in r.intervals["seq"][s, b] if i >= 0)
-            assert got == want, (s, b)
-        counts = np.bincount(np.floor(acts[..., s][acts[..., s] > 0] * B / r.hist_range[s]).astype(int), minlength=B)
+            members = [(i, p) for i in range(N_SEQ) for p in range(POS) if acts[i, p, s] > 0 and interval[i, p] == b]
+            want = sorted(sorted(members, key=lambda m: -prio[m])[:per])
+            got = []
+            for j in range(per):
+                seq = int(r.intervals["seq"][s, b, j])
+                if seq >= 0:
+                    start = int(r.intervals["start"][s, b, j])
+                    window = r.intervals["acts"][s, b, j]
+                    pos = [start + q for q in range(SETTINGS.ctx) if np.isclose(window[q], r.intervals["values"][s, b, j])]
+                    got.append((seq, pos[0]))
+                    np.testing.assert_allclose(window, acts[seq, start:start + SETTINGS.ctx, s], rtol=1e-5, atol=1e-7)
+            assert sorted(got) == want, (s, b)
+        counts = np.bincount(interval[acts[..., s] > 0], minlength=B)
         np.testing.assert_array_equal(r.interval_counts[s], counts)
 
 
