@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 RUN    ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv test-env lint clean bench
+.PHONY: demo test venv test-env lint clean bench chromium
 
 $(VENV)/.core: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,17 @@ test-env: $(VENV)/.test
 demo: $(VENV)/.core
 	$(VENV)/bin/jaxinterp demo --name $(RUN)
 
-test: $(VENV)/.test
+# The browser tests drive Debian's chromium through Playwright (no browser download).
+# Installed here when missing (as root, or with passwordless sudo); if it cannot be, the
+# browser tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed: the browser tests will be skipped"; }
+
+test: $(VENV)/.test chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.test

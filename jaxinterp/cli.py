@@ -4,6 +4,7 @@
     jaxinterp train --n-layers 4 ...    train a language model (any field overridden)
     jaxinterp train-sae --model M --site S   an SAE on any loadable model's hook site
     jaxinterp eval-sae --sae F --model M     evaluate an SAE file on a model
+    jaxinterp browse RUN_DIR            every feature of a run's SAEs in an offline browser
     jaxinterp experiment --list         the reproductions available
     jaxinterp experiment NAME --help    one reproduction and its settings
 
@@ -38,6 +39,7 @@ COMMANDS: dict[str, tuple[str, dict, str]] = {
     "train": ("train-lm", {}, "train a transformer LM on the embedded corpus (any LMConfig field as a flag)"),
     "train-sae": ("train-sae", {}, "train an SAE on a model's hook site (mesh and multi-host flags)"),
     "eval-sae": ("eval-sae", {}, "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
+    "browse": ("browse", {}, "analyse every feature of a run's SAEs and write an offline feature browser"),
 }
 
 
@@ -79,6 +81,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, defaults: dic
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, type=_typed(t, flag), default=None, metavar=t.__name__.upper(), help=text)
+        if f.metadata.get("positional"):  # also a bare argument: jaxinterp browse RUN_DIR
+            parser.add_argument(f"{f.name}_positional", nargs="?", type=_typed(t, f.name.upper()), default=None,
+                                metavar=f.name.upper(), help=f"same as {flag}")
 
 
 def build_config(cls: type, args: argparse.Namespace, defaults: dict | None = None):
@@ -92,6 +97,10 @@ def build_config(cls: type, args: argparse.Namespace, defaults: dict | None = No
             raise ConfigError(f"cannot read --config {args.config}: {e}") from None
     for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)
+        bare = getattr(args, f"{f.name}_positional", None)
+        if v is not None and bare is not None and v != bare:
+            raise ConfigError(f"{f.name} given twice: {bare!r} and --{f.name.replace('_', '-')} {v!r}")
+        v = v if v is not None else bare
         if v is not None:
             values[f.name] = v
     known = {f.name for f in dataclasses.fields(cls)}

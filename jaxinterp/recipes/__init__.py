@@ -29,15 +29,20 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                   "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
     "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",
                  "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
+    "browse": ("jaxinterp.recipes.browse", "BrowseConfig", "run_browse",
+               "feature analysis and an offline feature browser for a run's SAEs (also: jaxinterp browse RUN_DIR)"),
 }
 
 
-def flag(default: Any, help: str) -> Any:
+def flag(default: Any, help: str, *, positional: bool = False) -> Any:
     """A recipe config field with its one-line ``--help`` text::
 
         steps: int = flag(800, "optimiser updates (0: the recipe's default)")
+
+    ``positional=True`` also accepts the value as a bare argument on the command line
+    (``jaxinterp browse RUN_DIR``), besides its ``--flag``.
     """
-    return dataclasses.field(default=default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help, "positional": positional})
 
 
 def check_config(config: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
