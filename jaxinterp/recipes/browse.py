@@ -84,6 +84,11 @@ def _model_spec(c: BrowseConfig, run: Path, sae_folder: Path) -> str:
     raise ConfigError(f"Cannot tell which model {sae_folder} belongs to (model_name {spec!r}); pass --model.")
 
 
+def _model_id(run: Path, spec: str) -> str:
+    name = Path(spec).stem
+    return f"{run.name}-lm" if name == "model" else name
+
+
 def _tokens(c: BrowseConfig, run: Path, tokenizer: Any, n_ctx: int) -> np.ndarray:
     saved = run / "saes" / "eval_tokens.npy"
     if saved.is_file():
@@ -100,8 +105,9 @@ def _tokens(c: BrowseConfig, run: Path, tokenizer: Any, n_ctx: int) -> np.ndarra
 
 def browse_sae(model: Any, sae: Any, tokens: np.ndarray, decode: Any, out: Path, *, title: str, k: int = 16,
                passages: int = 64, batch_size: int = 32, skip_first: int = 0, neuronpedia: str | None = None,
-               screenshots: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Analysis, browser, Neuronpedia export and screenshots of one SAE into ``out``."""
+               browser: bool = True, screenshots: bool = True, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Analysis (saved), browser, Neuronpedia export and screenshots of one SAE into
+    ``out``; returns the :class:`~jaxinterp.features.FeatureAnalysis` and a summary."""
     from jaxinterp.features.analysis import AnalysisSettings, analyze_features
     from jaxinterp.features.search import passage_features
     from jaxinterp.viz.browser import write_browser
@@ -109,11 +115,14 @@ def browse_sae(model: Any, sae: Any, tokens: np.ndarray, decode: Any, out: Path,
     analysis = analyze_features(model, sae, tokens, batch_size=batch_size, progress=progress,
                                 settings=AnalysisSettings(k=k, skip_first=skip_first))
     analysis.save(out)
-    index = write_browser(analysis, out, decode, passages=passage_features(model, sae, tokens[:passages]),
-                          title=title)
     summary = {"d_sae": analysis.d_sae, "alive": int((analysis.density > 0).sum()), "n_tokens": analysis.n_tokens,
                "analysis_seconds": analysis.meta["seconds"], "tokens_per_second": analysis.meta["tokens_per_second"],
-               "tokens_truncated": analysis.meta["tokens_truncated"], "browser": str(index)}
+               "tokens_truncated": analysis.meta["tokens_truncated"]}
+    if not browser:
+        return analysis, summary
+    index = write_browser(analysis, out, decode, passages=passage_features(model, sae, tokens[:passages]),
+                          title=title)
+    summary["browser"] = str(index)
     if neuronpedia is not None:
         from jaxinterp.features.neuronpedia import export_neuronpedia
 
@@ -125,10 +134,11 @@ def browse_sae(model: Any, sae: Any, tokens: np.ndarray, decode: Any, out: Path,
         alive = np.flatnonzero((analysis.density > 1e-3) & (analysis.density < 0.05))
         feature = int(alive[0]) if len(alive) else int(np.argmax(analysis.density))
         summary["screenshots"] = screenshot_browser(index, out, feature)
-    return summary
+    return analysis, summary
 
 
-def _landing(out: Path, names: list[str], summaries: dict[str, dict], title: str) -> Path:
+def write_landing(out: Path, names: list[str], summaries: dict[str, dict], title: str) -> Path:
+    """``out/index.html``: a link to each SAE's browser (``out/<name>/index.html``)."""
     rows = "".join(f'<li><a href="{html.escape(n)}/index.html">{html.escape(n)}</a>: {summaries[n]["d_sae"]} '
                    f'features, {summaries[n]["alive"]} alive</li>' for n in names)
     page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
@@ -160,12 +170,12 @@ def run_browse(c: BrowseConfig) -> dict:
             cache[spec] = load_model_and_tokenizer(spec)
         model, tokenizer = cache[spec]
         tokens = _tokens(c, run, tokenizer, model.cfg.n_ctx)
-        summaries[name] = browse_sae(
+        _, summaries[name] = browse_sae(
             model, load_saelens(folder), tokens, lambda i, t=tokenizer: t.decode([int(i)]), out / name,
             title=f"{run.name} / {name}", k=c.k, passages=c.passages, batch_size=c.batch_size,
-            skip_first=c.skip_first, neuronpedia=Path(spec).name if c.neuronpedia else None,
+            skip_first=c.skip_first, neuronpedia=_model_id(run, spec) if c.neuronpedia else None,
             screenshots=c.screenshots, progress=c.progress)
-    landing = _landing(out, list(saes), summaries, f"{run.name}: feature browsers")
+    landing = write_landing(out, list(saes), summaries, f"{run.name}: feature browsers")
     result = {"run": str(run), "browser": str(landing), "saes": summaries,
               "seconds": round(time.perf_counter() - start, 1)}
     write_json_atomic(out / "results.json", result)

@@ -12,9 +12,13 @@ This recipe does the same on the embedded corpus, at a size a laptop runs in min
 3. per width, on held-out tokens: L0, fraction of variance explained, MSE, cosine,
    shrinkage, CE loss recovered when spliced in (zero- and mean-ablation baselines), KL,
    dead and dense fractions, and the log10 feature-density histogram;
-4. what a feature browser needs: each SAE in SAELens format, its densities, and its
-   top-activating contexts (``runs/<name>/saes/<width>/``), plus the held-out tokens;
-5. ``runs/<name>/saes/metrics.json`` (one entry per width), ``results.json``, plots and a
+4. each SAE in SAELens format with its densities and top-activating contexts
+   (``runs/<name>/saes/<width>/``), plus the held-out tokens;
+5. every feature of every SAE analysed over the held-out tokens
+   (:func:`jaxinterp.features.analyze_features`) and an offline feature browser,
+   ``runs/<name>/browser/index.html`` (one site per width, a Neuronpedia export beside
+   each, screenshots of the widest's index and of one feature page);
+6. ``runs/<name>/saes/metrics.json`` (one entry per width), ``results.json``, plots and a
    ``report.md`` with the table and example features.
 
 Run again and every stage resumes from its checkpoints (a finished stage costs seconds).
@@ -73,6 +77,8 @@ class MonosemanticityConfig:
     # evaluation and browser data
     eval_tokens: int = flag(32768, "held-out tokens for the metrics and densities")
     top_k_contexts: int = flag(20, "top activating contexts kept per feature")
+    browser: bool = flag(True, "analyse every feature and write the offline browser (runs/<name>/browser/)")
+    screenshots: bool = flag(True, "screenshots of the browser (needs chromium; skipped without it)")
     checkpoint_every: int = flag(500, "SAE checkpoint interval (steps)")
     progress: bool = flag(True, "progress bars")
 
@@ -132,14 +138,16 @@ def run_monosemanticity(config: MonosemanticityConfig) -> dict:
     trained = train_sae(_sae_configs(c), store, schedule)
     sae_seconds = time.perf_counter() - t_sae
 
-    from jaxinterp.recipes.monosemanticity_report import browser_data, write_report
+    from jaxinterp.recipes.browse import browse_sae, write_landing
+    from jaxinterp.recipes.monosemanticity_report import top_contexts_npz, write_report
 
     n_eval = max(c.eval_tokens // c.seq_len, 1)
     windows = TokenWindows(val_tokens, c.seq_len, n_eval, shuffle=False).batch(0)  # [n, seq_len]
     saes_dir = out / "saes"
     np.save(saes_dir / "eval_tokens.npy", windows)
     acts = site_activations(model, windows, SITE)[SITE]
-    per_width, t_eval = [], time.perf_counter()
+    per_width, browsers, t_eval = [], {}, time.perf_counter()
+    widest = list(trained.saes)[-1]
     for name, sae in trained.saes.items():
         folder = saes_dir / name
         save_saelens(sae, folder, model_name=f"{c.name}/lm")
@@ -148,9 +156,16 @@ def run_monosemanticity(config: MonosemanticityConfig) -> dict:
         density = stats.pop("density")
         np.save(folder / "density.npy", density)
         density_histogram_png(density, folder / "density.png", title=f"{name} ({sae.cfg.d_sae} latents)")
-        browser_data(sae, acts, c.top_k_contexts, folder)
+        analysis, browsers[name] = browse_sae(
+            model, sae, windows, lambda i: tokenizer.decode([int(i)]), out / "browser" / name,
+            title=f"{c.name}: {name} SAE on {SITE}", k=c.top_k_contexts, passages=min(64, len(windows)),
+            neuronpedia=f"{c.name}-lm" if c.browser else None, browser=c.browser,
+            screenshots=c.browser and c.screenshots and name == widest)
+        top_contexts_npz(analysis, folder)
         per_width.append({"name": name, "d_sae": sae.cfg.d_sae, **stats, **spliced})
     write_json_atomic(saes_dir / "metrics.json", per_width)
+    if c.browser:
+        write_landing(out / "browser", list(browsers), browsers, f"{c.name}: feature browsers")
     summary = {
         "lm": {k: v for k, v in lm_summary.items() if k != "samples"},
         "saes": per_width, "site": SITE, "architecture": c.architecture,
@@ -159,6 +174,7 @@ def run_monosemanticity(config: MonosemanticityConfig) -> dict:
                     "eval": round(time.perf_counter() - t_eval, 1),
                     "total": round(time.perf_counter() - start, 1)},
         "resumed_from": trained.resumed_from,
+        "browser": {"index": str(out / "browser" / "index.html") if c.browser else None, **browsers},
     }
     write_json_atomic(out / "results.json", summary)
     write_report(c, summary, trained.metrics, tokenizer, windows, out)

@@ -1,9 +1,9 @@
 """The monosemanticity run's outputs for readers: feature-browser data, plots, report.md.
 
-* :func:`browser_data`: each feature's top activating positions in the held-out tokens,
-  found in one streaming pass with :mod:`jaxinterp.features.topk` (no loop over
-  features), saved as ``top_contexts.npz`` (``values``, ``ids`` ``[d_sae, k]``; an id is
-  ``window * seq_len + pos`` in ``saes/eval_tokens.npy``; -1 marks an empty slot).
+* :func:`top_contexts_npz`: each feature's top activating contexts, from the feature
+  analysis (:mod:`jaxinterp.features.analysis`; the browser lives in ``browser/``), saved as
+  ``top_contexts.npz`` (``values``, ``ids`` ``[d_sae, k]``; an id is ``window * seq_len +
+  pos`` in ``saes/eval_tokens.npy``; -1 marks an empty slot).
 * :func:`write_report`: ``report.md`` with the per-width table, the metrics-vs-width and
   density plots, the SAE training curves, and example features with their contexts.
 """
@@ -13,35 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.features.topk import init_topk, update_topk
 from jaxinterp.viz._figure import figure, save
 
 
-@eqx.filter_jit
-def _update(state, sae, acts, ids):
-    return update_topk(state, sae.encode(acts), ids)
-
-
-def browser_data(sae: Any, acts: np.ndarray, k: int, folder: Path, chunk: int = 4096) -> Path:
-    """Top-``k`` activations of every feature over ``acts [n, d_in]``: ``top_contexts.npz``."""
-    state = init_topk(sae.cfg.d_sae, k)
-    n = len(acts)
-    for start in range(0, n, chunk):
-        rows = np.arange(start, start + chunk)
-        x = acts[start:start + chunk]
-        if len(x) < chunk:  # pad the last chunk: id -1 never enters
-            x = np.concatenate([x, np.zeros((chunk - len(x), acts.shape[1]), acts.dtype)])
-            rows = np.where(rows < n, rows, -1)
-        state = _update(state, sae, jnp.asarray(x), jnp.asarray(rows, jnp.int32))
-    values, ids = jax.device_get((state.values, state.ids))
-    ids = np.where(values > 0, ids, -1)  # a feature that never fired has no contexts
+def top_contexts_npz(analysis: Any, folder: Path) -> Path:
+    """Each feature's top contexts from the feature analysis as ``top_contexts.npz``:
+    ``values`` and flat ``ids`` ``[d_sae, k]`` (``sequence * seq_len + position`` of the
+    max-activating token in ``saes/eval_tokens.npy``; -1 for an empty slot)."""
+    top = analysis.top
+    seq_len = analysis.n_tokens // max(analysis.n_sequences, 1)
+    peak = top["start"] + top["acts"].argmax(-1)
+    ids = np.where(top["seq"] >= 0, top["seq"].astype(np.int64) * seq_len + peak, -1)
     path = folder / "top_contexts.npz"
-    np.savez(path, values=np.maximum(values, 0).astype(np.float32), ids=ids.astype(np.int64))
+    np.savez(path, values=top["values"].astype(np.float32), ids=ids.astype(np.int64))
     return path
 
 
@@ -161,6 +147,24 @@ def write_report(c, summary: dict, train_metrics: list[dict], tokenizer, windows
         lines += [f"{top['values'][i, j]:6.2f}  {_context(tokenizer, windows, top['ids'][i, j])}"
                   for j in range(min(4, top["ids"].shape[1])) if top["ids"][i, j] >= 0]
         lines += ["```", ""]
+    browser = summary.get("browser") or {}
+    if browser.get("index"):
+        lines += ["## Feature browser", "",
+                  "`browser/index.html` opens from disk (no server, no network): every feature of every width "
+                  "with its density, activation histogram, top contexts coloured by activation, samples per "
+                  "activation interval, logit effects, nearest and co-occurring features, and a text box over "
+                  "corpus passages. `browser/<width>/neuronpedia/` holds the same in Neuronpedia's upload layout.", "",
+                  "| SAE | features | alive | analysis (s) | tokens/s |", "|---|---|---|---|---|"]
+        shots = []
+        for name, b in browser.items():
+            if isinstance(b, dict):
+                lines.append(f"| {name} | {b['d_sae']} | {b['alive']} | {b['analysis_seconds']} | "
+                             f"{b['tokens_per_second']:,.0f} |")
+                s = b.get("screenshots") or {}
+                if s.get("index_png"):
+                    shots += [f"![{name} browser index](browser/{name}/browser_index.png)",
+                              f"![{name} feature page](browser/{name}/browser_feature.png)"]
+        lines += [""] + shots + [""]
     secs = summary["seconds"]
     lines.append(f"Wall time: LM {secs['lm']} s, SAEs {secs['saes']} s, evaluation {secs['eval']} s, "
                  f"total {secs['total']} s.")

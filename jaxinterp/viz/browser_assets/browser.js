@@ -282,6 +282,7 @@
     route();
     JI.ready = performance.now();
     document.body.setAttribute("data-ready", "1");
+    setTimeout(function () { if (!state.passages) findPassage("", true); }, 50);  // an example for the text box
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
