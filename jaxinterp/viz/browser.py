@@ -143,7 +143,7 @@ def write_browser(analysis: FeatureAnalysis, folder: str | Path, decode: Callabl
     index = {"title": title, "site": analysis.site, "n_tokens": analysis.n_tokens, "chunk": chunk,
              "alive": int((analysis.density > 0).sum()), "density": _r(analysis.density, 8),
              "max": _r(analysis.max_activation), "mean": _r(analysis.mean_activation), "label": labels,
-             "tokens": tokens}
+             "tokens": tokens, "passages": passages is not None}
     _write_script(data / "index.js", "JI.index", index)
     used: set[int] = set()
     for c, lo in enumerate(range(0, analysis.d_sae, chunk)):

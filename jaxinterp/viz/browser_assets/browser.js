@@ -282,7 +282,8 @@
     route();
     JI.ready = performance.now();
     document.body.setAttribute("data-ready", "1");
-    setTimeout(function () { if (!state.passages) findPassage("", true); }, 50);  // an example for the text box
+    if (d.passages) setTimeout(function () { if (!state.passages) findPassage("", true); }, 50);  // an example
+    else document.getElementById("passage-text").parentNode.parentNode.style.display = "none";
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
