@@ -54,8 +54,8 @@ def sae_loss(
         sparsity = jnp.zeros((), jnp.float32)
     else:
         y_hat, acts, sparsity, aux_loss = _dense(sae, x, y, dead, aux)
-        active = acts > 0
-        fires, l0 = active.sum(0).astype(jnp.float32), active.sum(-1).astype(jnp.float32).mean()
+        active = (acts > 0).astype(jnp.float32)  # float sums fuse with their producer on CPU
+        fires, l0 = active.sum(0), active.sum(-1).mean()
     err = ((y - y_hat).astype(jnp.float32) ** 2).sum(-1)
     mse = err.mean()
     coeff = cfg.l0_coefficient if arch == "jumprelu" else cfg.l1_coefficient

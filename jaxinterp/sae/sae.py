@@ -22,6 +22,7 @@ losses live in :mod:`jaxinterp.sae.losses`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -145,6 +146,12 @@ def init_sae(cfg: SAEConfig, key: jax.Array) -> SAE:
     JumpReLU thresholds at ``jumprelu_init_threshold``, BatchTopK thresholds 0."""
     if not isinstance(cfg, SAEConfig):
         raise ShapeError(f"init_sae needs an SAEConfig, got {type(cfg).__name__}.")
+    return _init(cfg, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(cfg: SAEConfig, key: jax.Array) -> SAE:
+    """One compiled program per config (rather than one per eager op)."""
     dtype = jnp.dtype(cfg.dtype)
     k_dec, k_enc = jax.random.split(key)
     W_dec = jax.random.normal(k_dec, (cfg.d_sae, cfg.d_target), jnp.float32)

@@ -73,8 +73,8 @@ class ActivationStore:
         if first.ndim != 2 or first.shape[1] <= self.skip_first:
             raise DataError(f"Token batches must be [batch, pos] with pos > skip_first; got {first.shape}.")
         self._check_sites(names, first)
-        self._forward = eqx.filter_jit(_Reader(tuple(names), self.skip_first))
-        shapes = eqx.filter_eval_shape(self._forward, model, jnp.asarray(first))
+        self._reader = _Reader(tuple(names), self.skip_first)
+        shapes = eqx.filter_eval_shape(_read, self._reader, model, jnp.asarray(first))
         self.sites = {n: int(shapes[n].shape[-1]) for n in names}
         self._names = names
         rows_per_forward = first.shape[0] * (first.shape[1] - self.skip_first)
@@ -114,7 +114,7 @@ class ActivationStore:
             parts: dict[str, list[jax.Array]] = {n: [] for n in self._names}
             for i in range(self.forwards_per_generation):
                 toks = jnp.asarray(self._tokens(g * self.forwards_per_generation + i))
-                acts = self._forward(self.model, toks)
+                acts = _read(self._reader, self.model, toks)
                 for n in self._names:
                     parts[n].append(acts[n])
             block = {n: jnp.concatenate(p) for n, p in parts.items()}
@@ -196,16 +196,22 @@ class _Reader(eqx.Module):
         return out
 
 
+@eqx.filter_jit
+def _read(reader: _Reader, model: Any, tokens: jax.Array) -> dict[str, jax.Array]:
+    """One compiled forward per (sites, model structure, token shape), shared by all stores."""
+    return reader(model, tokens)
+
+
 def site_activations(model: Any, tokens: np.ndarray, sites: str | Sequence[str], *,
                      chunk: int = 16) -> dict[str, np.ndarray]:
     """Activations at ``sites`` for token sequences ``[n, pos]``, as host arrays
     ``[n * pos, d]`` (one compiled forward per chunk shape; for evaluation sets)."""
     names = (sites,) if isinstance(sites, str) else tuple(sites)
-    read = eqx.filter_jit(_Reader(names, 0))
+    reader = _Reader(names, 0)
     tokens = np.asarray(tokens)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for start in range(0, len(tokens), chunk):
-        out = read(model, jnp.asarray(tokens[start:start + chunk]))
+        out = _read(reader, model, jnp.asarray(tokens[start:start + chunk]))
         for n in names:
             parts[n].append(np.asarray(out[n]))
     return {n: np.concatenate(p) for n, p in parts.items()}
