@@ -22,6 +22,7 @@ losses live in :mod:`jaxinterp.sae.losses`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -136,7 +137,8 @@ class SAE(eqx.Module):
                           (self.W_enc * s_in, self.W_dec / s_out, self.b_dec / s_out))
         if self.W_skip is not None:
             out = eqx.tree_at(lambda s: s.W_skip, out, self.W_skip * (s_in / s_out))
-        return out
+        folded = dataclasses.replace(self.cfg, normalize_activations="none")  # nothing left to scale
+        return SAE(**{**{f.name: getattr(out, f.name) for f in dataclasses.fields(SAE)}, "cfg": folded})
 
 
 def init_sae(cfg: SAEConfig, key: jax.Array) -> SAE:

@@ -57,11 +57,14 @@ class ActivationStore:
         skip_first: positions dropped from the start of every sequence (e.g. a BOS).
         seed: permutation seed.
         cache_dir: optional folder for ``.npy`` activation shards reused by later runs.
+        cache_key: extra text for the cache key (the key covers the model's weights, the
+            sites and the token source; give a plain function's name or version here).
     """
 
     def __init__(self, model: Any, tokens: Any, sites: str | Sequence[str], *, batch_size: int,
                  buffer_tokens: int = 1 << 16, model_batch: int = 16, skip_first: int = 0,
-                 seed: int = 0, cache_dir: str | os.PathLike | None = None) -> None:
+                 seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 cache_key: str = "") -> None:
         self.model = model
         self.sites = None  # filled below: {site: width}
         names = [sites] if isinstance(sites, str) else list(sites)
@@ -84,7 +87,7 @@ class ActivationStore:
         if self.steps_per_generation < 1:
             raise DataError(f"buffer_tokens={buffer_tokens} gives {self.rows_per_generation} rows, "
                             f"fewer than one batch of {self.batch_size}.")
-        self.cache_dir = None if cache_dir is None else Path(cache_dir) / self._key(first)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir) / self._key(first, cache_key)
         self._buffer: tuple[int, dict[str, jax.Array]] | None = None
         self.generated_tokens, self.generation_seconds, self.cached_generations = 0, 0.0, 0
 
@@ -141,8 +144,8 @@ class ActivationStore:
                 raise HookNameError(unknown_name_message("site", n, known))
 
     # On-disk cache --------------------------------------------------------------------
-    def _key(self, first: np.ndarray) -> str:
-        digest = hashlib.sha256()
+    def _key(self, first: np.ndarray, extra: str) -> str:
+        digest = hashlib.sha256(extra.encode())
         for leaf in jax.tree.leaves(eqx.filter(self.model, eqx.is_array)):
             host = np.ascontiguousarray(np.asarray(leaf))
             digest.update(f"{host.dtype}{host.shape}{zlib.crc32(host.view(np.uint8).ravel())}".encode())

@@ -56,6 +56,18 @@ def test_store_batches_are_a_shuffle_of_the_activations(model, tmp_path: Path) -
     assert all(v.shape[0] == 512 for v in store._buffer[1].values())  # memory: one generation
 
 
+def test_store_reads_any_function_with_hook_tags() -> None:
+    table = jnp.asarray(np.random.default_rng(2).normal(size=(50, 8)), jnp.float32)
+
+    def fn(tokens):  # not a HookedTransformer: any JAX function with ji.hook tags
+        x = ji.hook("embed", table[tokens])
+        return ji.hook("squared", x**2).sum()
+
+    store = ActivationStore(fn, TOKENS, ["embed", "squared"], batch_size=32, buffer_tokens=256)
+    b = store(3)
+    np.testing.assert_allclose(np.asarray(b["squared"]), np.asarray(b["embed"]) ** 2, rtol=1e-6)
+
+
 def test_store_errors(model) -> None:
     with pytest.raises(HookNameError, match="blocks.0.mlp.hook_post"):
         ActivationStore(model, TOKENS, "blocks.0.mlp.hook_pots", batch_size=64)
