@@ -21,6 +21,8 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
             "indirect object identification: patching sweeps, attribution patching, logit lens"),
     "monosemanticity": ("jaxinterp.recipes.monosemanticity", "MonosemanticityConfig", "run_monosemanticity",
                         "the main job: a one-layer LM, then SAEs of several widths on its MLP neurons"),
+    "sae-ground-truth": ("jaxinterp.recipes.sae_ground_truth", "SAEGroundTruthConfig", "run_sae_ground_truth",
+                         "every SAE architecture against a known dictionary in superposition (MMCS)"),
     "train-sae": ("jaxinterp.recipes.train_sae", "TrainSAERecipe", "run_train_sae",
                   "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
     "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",
