@@ -43,28 +43,39 @@ from jaxinterp.sae.trainer import TrainSAEConfig, _Loss, _optimizer
 from jaxinterp.train.step import make_train_step
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median of ``repeats`` later calls); fn must block."""
+def once(fn) -> float:
     t = time.perf_counter()
     fn()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
+    return time.perf_counter() - t
 
 
-def matmul_gflops(repeats: int) -> float:
+def rounds(fns: dict, n: int) -> dict[str, list[float]]:
+    """Each callable (which blocks) timed once per round, interleaved, after one warm-up
+    call each (whose time is kept as ``<name>_first``): slow drifts of a shared machine's
+    load then hit every measurement of a round alike, and ratios are taken per round."""
+    out = {f"{k}_first": [once(f)] for k, f in fns.items()}
+    for _ in range(n):
+        for k, f in fns.items():
+            out.setdefault(k, []).append(once(f))
+    return out
+
+
+def matmul_fn():
     a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (2048, 2048), jnp.float32)
     f = jax.jit(lambda a, b: a @ b)
-    _, t = timed(lambda: f(a, b).block_until_ready(), repeats)
-    return 2 * 2048**3 / t / 1e9
+
+    def run():  # three products, so one measurement is not a single short call
+        for _ in range(3):
+            f(a, b).block_until_ready()
+
+    return run
 
 
-def our_step(cfg: SAEConfig, batch: int, repeats: int, sparse: bool = True):
+MATMUL_FLOPS = 3 * 2 * 2048**3
+
+
+def our_step(cfg: SAEConfig, batch: int, sparse: bool = True):
     """The trainer's compiled step (same loss, optimizer, post-step and guard as train_sae)."""
     sae = init_sae(cfg, jax.random.key(0))
     x = jax.random.normal(jax.random.key(2), (batch, cfg.d_in), jnp.float32)
@@ -83,10 +94,10 @@ def our_step(cfg: SAEConfig, batch: int, repeats: int, sparse: bool = True):
         carry[:] = [p, o, s, bad]
         loss_v.block_until_ready()
 
-    return timed(one, repeats)
+    return one
 
 
-def saelens_step(d_in: int, d_sae: int, batch: int, repeats: int) -> float:
+def saelens_step(d_in: int, d_sae: int, batch: int):
     import torch
     from sae_lens.saes.sae import TrainStepInput
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -103,11 +114,11 @@ def saelens_step(d_in: int, d_sae: int, batch: int, repeats: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return timed(one, repeats)[1]
+    return one
 
 
-def topk_floor(cfg: SAEConfig, batch: int, repeats: int) -> dict[str, float]:
-    """The encoder forward matmul, the top-k selection, and the Adam update, timed apart."""
+def topk_floor(cfg: SAEConfig, batch: int) -> dict:
+    """The encoder forward matmul, the top-k selection, and the Adam update, as callables."""
     sae = init_sae(cfg, jax.random.key(0))
     x = jax.random.normal(jax.random.key(2), (batch, cfg.d_in), jnp.float32)
     enc = jax.jit(lambda s, x: s.hidden_pre(x))
@@ -125,9 +136,9 @@ def topk_floor(cfg: SAEConfig, batch: int, repeats: int) -> dict[str, float]:
         carry[0] = o
         jax.block_until_ready(o)
 
-    return {"encoder_matmul": timed(lambda: enc(sae, x).block_until_ready(), repeats)[1],
-            "top_k": timed(lambda: jax.block_until_ready(topk(pre)), repeats)[1],
-            "optimizer": timed(upd, repeats)[1]}
+    return {"encoder_matmul": lambda: enc(sae, x).block_until_ready(),
+            "top_k": lambda: jax.block_until_ready(topk(pre)),
+            "optimizer": upd}
 
 
 def store_rate(d_in: int, batch: int) -> float:
@@ -147,6 +158,10 @@ def store_rate(d_in: int, batch: int) -> float:
     return store.tokens_per_second()
 
 
+def median(v: list[float]) -> float:
+    return statistics.median(v)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="relu", choices=["relu", "topk"])
@@ -154,40 +169,56 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (medians are reported)")
     p.add_argument("--no-saelens", action="store_true")
     p.add_argument("--no-dense", action="store_true", help="skip the dense TopK step")
     p.add_argument("--store", action="store_true", help="also time the activation store")
     p.add_argument("--json", action="store_true", help="(the JSON line is always printed last)")
     a = p.parse_args()
-    out: dict = {"arch": a.arch, "d_in": a.d_in, "d_sae": a.d_sae, "batch": a.batch,
-                 "device": str(jax.devices()[0].platform), "jax": jax.__version__}
-    out["matmul_gflops"] = matmul_gflops(a.repeats)
+    out: dict = {"arch": a.arch, "d_in": a.d_in, "d_sae": a.d_sae, "batch": a.batch, "k": a.k,
+                 "device": str(jax.devices()[0].platform), "jax": jax.__version__, "rounds": a.repeats}
     flops = 10 * a.batch * a.d_in * a.d_sae
+    fns = {"matmul": matmul_fn()}
     if a.arch == "relu":
-        cfg = SAEConfig(a.d_in, a.d_sae, "standard")
-        out["compile_seconds"], out["step_seconds"] = our_step(cfg, a.batch, a.repeats)
-        out["step_gflops"] = flops / out["step_seconds"] / 1e9
-        out["fraction_of_matmul_rate"] = out["step_gflops"] / out["matmul_gflops"]
-        print(f"matmul {out['matmul_gflops']:.1f} GFLOP/s; relu step {out['step_seconds']:.3f} s = "
-              f"{out['step_gflops']:.1f} GFLOP/s = {out['fraction_of_matmul_rate']:.2f} of the matmul rate")
+        fns["step"] = our_step(SAEConfig(a.d_in, a.d_sae, "standard"), a.batch)
         if not a.no_saelens:
-            out["saelens_step_seconds"] = saelens_step(a.d_in, a.d_sae, a.batch, a.repeats)
-            out["speedup_vs_saelens"] = out["saelens_step_seconds"] / out["step_seconds"]
-            print(f"SAELens step {out['saelens_step_seconds']:.3f} s: jaxinterp is "
-                  f"{out['speedup_vs_saelens']:.2f}x faster")
+            fns["saelens"] = saelens_step(a.d_in, a.d_sae, a.batch)
     else:
         cfg = SAEConfig(a.d_in, a.d_sae, "topk", k=a.k)
-        out["compile_seconds"], out["step_seconds"] = our_step(cfg, a.batch, a.repeats, sparse=True)
-        floor = topk_floor(cfg, a.batch, a.repeats)
-        out["floor"] = floor
-        out["floor_seconds"] = sum(floor.values())
-        out["sparse_over_floor"] = out["step_seconds"] / out["floor_seconds"]
-        print(f"topk sparse step {out['step_seconds']:.3f} s; floor {out['floor_seconds']:.3f} s "
-              f"({', '.join(f'{k} {v:.3f}' for k, v in floor.items())}): {out['sparse_over_floor']:.2f}x")
+        fns["step"] = our_step(cfg, a.batch, sparse=True)
+        fns.update(topk_floor(cfg, a.batch))
         if not a.no_dense:
-            _, out["dense_step_seconds"] = our_step(cfg, a.batch, max(a.repeats // 2, 1), sparse=False)
-            out["dense_over_floor"] = out["dense_step_seconds"] / out["floor_seconds"]
+            fns["dense_step"] = our_step(cfg, a.batch, sparse=False)
+    t = rounds(fns, a.repeats)
+    n = a.repeats
+    out["compile_seconds"] = t["step_first"][0] - median(t["step"])
+    out["matmul_gflops"] = MATMUL_FLOPS / median(t["matmul"]) / 1e9
+    out["step_seconds"] = median(t["step"])
+    out["step_gflops"] = flops / out["step_seconds"] / 1e9
+    # per-round ratios against the matmul timed in the same round
+    out["fraction_of_matmul_rate"] = median(
+        [(flops / t["step"][i]) / (MATMUL_FLOPS / t["matmul"][i]) for i in range(n)])
+    print(f"matmul {out['matmul_gflops']:.1f} GFLOP/s; {a.arch} step {out['step_seconds']:.3f} s = "
+          f"{out['step_gflops']:.1f} GFLOP/s; per-round median {out['fraction_of_matmul_rate']:.2f} of "
+          "the matmul rate (work counted as 10 * batch * d_in * d_sae)")
+    if "saelens" in t:
+        out["saelens_step_seconds"] = median(t["saelens"])
+        out["speedup_vs_saelens"] = median([t["saelens"][i] / t["step"][i] for i in range(n)])
+        print(f"SAELens step {out['saelens_step_seconds']:.3f} s: jaxinterp is "
+              f"{out['speedup_vs_saelens']:.2f}x faster (per-round median)")
+    if a.arch == "topk":
+        parts = ("encoder_matmul", "top_k", "optimizer")
+        out["floor"] = {k: median(t[k]) for k in parts}
+        out["floor_seconds"] = sum(out["floor"].values())
+        out["sparse_over_floor"] = median(
+            [t["step"][i] / sum(t[k][i] for k in parts) for i in range(n)])
+        print(f"topk sparse step {out['step_seconds']:.3f} s; floor {out['floor_seconds']:.3f} s ("
+              + ", ".join(f"{k} {v:.3f}" for k, v in out["floor"].items())
+              + f"): {out['sparse_over_floor']:.2f}x the floor")
+        if "dense_step" in t:
+            out["dense_step_seconds"] = median(t["dense_step"])
+            out["dense_over_floor"] = median(
+                [t["dense_step"][i] / sum(t[k][i] for k in parts) for i in range(n)])
             print(f"topk dense step {out['dense_step_seconds']:.3f} s: {out['dense_over_floor']:.2f}x the floor")
     if a.store:
         out["store_tokens_per_s"] = store_rate(a.d_in, a.batch)

@@ -25,6 +25,8 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                         "LM neurons visualised by soft prompts and token search, against their top contexts"),
     "monosemanticity": ("jaxinterp.recipes.monosemanticity", "MonosemanticityConfig", "run_monosemanticity",
                         "the main job: a one-layer LM, then SAEs of several widths on its MLP neurons"),
+    "sae-ground-truth": ("jaxinterp.recipes.sae_ground_truth", "SAEGroundTruthConfig", "run_sae_ground_truth",
+                         "every SAE architecture against a known dictionary in superposition (MMCS)"),
     "train-sae": ("jaxinterp.recipes.train_sae", "TrainSAERecipe", "run_train_sae",
                   "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
     "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",

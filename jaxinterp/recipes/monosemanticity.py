@@ -203,3 +203,37 @@ def load_monosemanticity(run_dir: str | Path) -> dict:
         with np.load(folder / "top_contexts.npz") as top:
             out["top"][entry["name"]] = {k: top[k] for k in top.files}
     return out
+
+
+def feature_contexts(run: dict, width: str, feature: int, n: int = 10, before: int = 16,
+                     after: int = 4) -> list[dict]:
+    """The top ``n`` contexts of one feature with its activation on every token.
+
+    Args:
+        run: :func:`load_monosemanticity`'s result.
+        width: which SAE (``"4x"``).
+        feature: the latent's index.
+
+    Returns:
+        One dict per context, strongest first: ``tokens`` (ids), ``acts`` (the feature's
+        activation on each of them), ``max_pos`` (the top token's index in the window)
+        and ``value``.
+    """
+    from jaxinterp.errors import ShapeError
+
+    sae, top, windows = run["saes"][width], run["top"][width], run["eval_tokens"]
+    if not 0 <= feature < sae.cfg.d_sae:
+        raise ShapeError(f"feature {feature} is out of range for d_sae={sae.cfg.d_sae}.")
+    ids = [int(i) for i in top["ids"][feature, :n] if i >= 0]
+    if not ids:
+        return []
+    rows = np.asarray([i // windows.shape[1] for i in ids])
+    acts = site_activations(run["model"], windows[rows], SITE)[SITE]
+    feat = np.asarray(sae.encode(acts))[:, feature].reshape(len(ids), windows.shape[1])
+    out = []
+    for j, flat in enumerate(ids):
+        pos = flat % windows.shape[1]
+        lo, hi = max(0, pos - before), min(windows.shape[1], pos + after + 1)
+        out.append({"tokens": windows[rows[j], lo:hi].tolist(), "acts": feat[j, lo:hi].tolist(),
+                    "max_pos": pos - lo, "value": float(top["values"][feature, j])})
+    return out

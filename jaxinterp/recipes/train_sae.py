@@ -11,8 +11,10 @@ checkpoints (``train/``), the SAE in SAELens format (``sae/``) and held-out metr
 (``metrics.json``, ``density.png``).
 
 Multi-host (TPU pod slices, GPU clusters): run the same command on every host with
-``--coordinator HOST:PORT --num-processes N --process-id I``; the mesh spans every host's
-devices, and each host feeds only its devices' rows.
+``--coordinator HOST:PORT --num-processes N --process-id I`` (or ``--coordinator auto``
+where JAX finds the cluster itself, as on TPU pods); the mesh spans every host's devices,
+each host feeds only its devices' rows, and every host writes its shards of the
+checkpoints into the same run folder (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class TrainSAERecipe:
     buffer_tokens: int = flag(1 << 18, "activation store's shuffling buffer (rows)")
     cache_dir: str = flag("", "folder for cached activation shards (reused by later runs)")
     mesh: str = flag("", "device mesh, e.g. data=8 or data=4,model=2 (empty: one device)")
-    coordinator: str = flag("", "multi-host: coordinator HOST:PORT for jax.distributed")
+    coordinator: str = flag("", "multi-host: coordinator HOST:PORT for jax.distributed ('auto' on "
+                            "TPU pods and SLURM/Kubernetes GPU clusters, which JAX detects itself)")
     num_processes: int = flag(1, "multi-host: number of processes (hosts)")
     process_id: int = flag(0, "multi-host: this process's index")
     eval_tokens: int = flag(65536, "held-out tokens for the final metrics")
@@ -144,7 +147,11 @@ def run_train_sae(c: TrainSAERecipe) -> dict:
     from jaxinterp.sae.store import ActivationStore
     from jaxinterp.sae.trainer import TrainSAEConfig, train_sae
 
-    if c.coordinator:
+    if c.coordinator == "auto":
+        jax.distributed.initialize()
+    elif c.coordinator:
+        # CPU devices talk across processes through gloo (GPUs/TPUs ignore this setting)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(c.coordinator, num_processes=c.num_processes, process_id=c.process_id)
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(c.model)

@@ -32,6 +32,39 @@ from jaxinterp.sae.sparse_topk import count_fires, gather_pre, sparse_decode
 sg = jax.lax.stop_gradient
 
 
+def column_stats(acts: Float[Array, "n s"]) -> tuple[Array, Array]:
+    """``(acts.sum(0), (acts > 0).sum(0))`` in one pass over ``acts`` (a variadic reduce,
+    which XLA fuses with the activation that produced it); no gradient."""
+    acts = sg(acts)
+    mask = (acts > 0).astype(acts.dtype)
+    zero = jnp.zeros((), acts.dtype)
+    return jax.lax.reduce((acts, mask), (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), (0,))
+
+
+@jax.custom_vjp
+def weighted_l1(acts: Float[Array, "n s"], w: Float[Array, " s"]) -> tuple[Array, Array]:
+    """``(mean_t sum_i acts_ti * w_i, fire counts per latent)`` with one pass over ``acts``:
+    the penalty is ``colsum @ w / n``, so its gradients are ``w / n`` (a broadcast XLA fuses
+    into the activation's gradient) and ``colsum / n`` (already computed)."""
+    colsum, fires = column_stats(acts)
+    return colsum @ w / acts.shape[0], fires
+
+
+def _weighted_l1_fwd(acts, w):
+    colsum, fires = column_stats(acts)
+    return (colsum @ w / acts.shape[0], fires), (colsum, w, acts.shape[0])
+
+
+def _weighted_l1_bwd(res, cotangents):
+    colsum, w, n = res
+    g = cotangents[0]
+    d_acts = jnp.broadcast_to((g / n) * w, (n, w.shape[0]))
+    return d_acts, (g / n) * colsum
+
+
+weighted_l1.defvjp(_weighted_l1_fwd, _weighted_l1_bwd)
+
+
 def sae_loss(
     sae: SAE,
     x: Float[Array, "... d_in"],
@@ -53,9 +86,8 @@ def sae_loss(
         y_hat, fires, l0, aux_loss = _topk_sparse(sae, x, y, dead)
         sparsity = jnp.zeros((), jnp.float32)
     else:
-        y_hat, acts, sparsity, aux_loss = _dense(sae, x, y, dead, aux)
-        active = acts > 0
-        fires, l0 = active.sum(0).astype(jnp.float32), active.sum(-1).astype(jnp.float32).mean()
+        y_hat, fires, sparsity, aux_loss = _dense(sae, x, y, dead, aux)
+        l0 = fires.sum() / x.shape[0]
     err = ((y - y_hat).astype(jnp.float32) ** 2).sum(-1)
     mse = err.mean()
     coeff = cfg.l0_coefficient if arch == "jumprelu" else cfg.l1_coefficient
@@ -68,8 +100,9 @@ def sae_loss(
 
 
 def _dense(sae: SAE, x, y, dead, aux) -> tuple[Array, Array, Array, Array]:
+    """``(y_hat, fire counts, sparsity loss, auxiliary loss)`` with dense activations."""
     cfg, arch = sae.cfg, sae.cfg.architecture
-    w = sae.decoder_norms if cfg.l1_decoder_norm else 1.0
+    w = sae.decoder_norms if cfg.l1_decoder_norm else jnp.ones(cfg.d_sae, sae.W_dec.dtype)
     zero = jnp.zeros((), jnp.float32)
     if arch == "gated":
         z = sae.encoder_z(x)
@@ -77,13 +110,14 @@ def _dense(sae: SAE, x, y, dead, aux) -> tuple[Array, Array, Array, Array]:
         acts = jnp.where(pi_gate > 0, jax.nn.relu(z * jnp.exp(sae.r_mag) + sae.b_mag), 0.0)
         y_hat = sae.decode(acts) + sae.skip(x)
         gate_acts = jax.nn.relu(pi_gate)
-        sparsity = (gate_acts * w).sum(-1).mean()
+        sparsity, _ = weighted_l1(gate_acts, w)
         via_gate = gate_acts @ sg(sae.W_dec) + sg(sae.b_dec) + sg(sae.skip(x))
-        return y_hat, acts, sparsity, ((via_gate - y) ** 2).sum(-1).mean()
+        return y_hat, column_stats(acts)[1], sparsity, ((via_gate - y) ** 2).sum(-1).mean()
     pre = sae.hidden_pre(x)
+    fires = None
     if arch == "standard":
         acts = jax.nn.relu(pre)
-        sparsity = (acts * w).sum(-1).mean()
+        sparsity, fires = weighted_l1(acts, w)
     elif arch == "jumprelu":
         acts = A.jumprelu(pre, sae.threshold, cfg.jumprelu_bandwidth)
         if cfg.jumprelu_sparsity_loss == "step":
@@ -103,7 +137,7 @@ def _dense(sae: SAE, x, y, dead, aux) -> tuple[Array, Array, Array, Array]:
         aux_loss = cfg.aux_k_coefficient * _aux_k(sae, pre, x, sg(y - y_hat), dead, sparse=False)
     if arch == "matryoshka_batchtopk":
         aux_loss = aux_loss + _matryoshka_prefix_mse(sae, acts, y)
-    return y_hat, acts, sparsity, aux_loss
+    return y_hat, column_stats(acts)[1] if fires is None else fires, sparsity, aux_loss
 
 
 def _matryoshka_prefix_mse(sae: SAE, acts, y) -> Array:

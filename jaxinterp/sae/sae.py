@@ -22,6 +22,8 @@ losses live in :mod:`jaxinterp.sae.losses`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 
 import equinox as eqx
@@ -135,7 +137,8 @@ class SAE(eqx.Module):
                           (self.W_enc * s_in, self.W_dec / s_out, self.b_dec / s_out))
         if self.W_skip is not None:
             out = eqx.tree_at(lambda s: s.W_skip, out, self.W_skip * (s_in / s_out))
-        return out
+        folded = dataclasses.replace(self.cfg, normalize_activations="none")  # nothing left to scale
+        return SAE(**{**{f.name: getattr(out, f.name) for f in dataclasses.fields(SAE)}, "cfg": folded})
 
 
 def init_sae(cfg: SAEConfig, key: jax.Array) -> SAE:
@@ -145,6 +148,12 @@ def init_sae(cfg: SAEConfig, key: jax.Array) -> SAE:
     JumpReLU thresholds at ``jumprelu_init_threshold``, BatchTopK thresholds 0."""
     if not isinstance(cfg, SAEConfig):
         raise ShapeError(f"init_sae needs an SAEConfig, got {type(cfg).__name__}.")
+    return _init(cfg, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(cfg: SAEConfig, key: jax.Array) -> SAE:
+    """One compiled program per config (rather than one per eager op)."""
     dtype = jnp.dtype(cfg.dtype)
     k_dec, k_enc = jax.random.split(key)
     W_dec = jax.random.normal(k_dec, (cfg.d_sae, cfg.d_target), jnp.float32)

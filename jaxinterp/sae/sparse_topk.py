@@ -70,11 +70,31 @@ def _bwd(apply_b_dec, res, g):
 gather_pre.defvjp(_fwd, _bwd)
 
 
+@jax.custom_vjp
 def sparse_decode(
     acts: Float[Array, "n k"], idx: Int[Array, "n k"], W_dec: Float[Array, "s d"]
 ) -> Float[Array, "n d"]:
-    """``sum_j acts[b, j] * W_dec[idx[b, j]]`` (no bias): the decoder on active latents only."""
+    """``sum_j acts[b, j] * W_dec[idx[b, j]]`` (no bias): the decoder on active latents only.
+
+    Its VJP keeps only ``(acts, idx, W_dec)`` and gathers the rows again, instead of
+    saving the ``[n, k, d]`` gathered rows between the passes."""
     return jnp.einsum("nk,nkd->nd", acts.astype(W_dec.dtype), jnp.take(W_dec, idx, axis=0))
+
+
+def _decode_fwd(acts, idx, W_dec):
+    return sparse_decode(acts, idx, W_dec), (acts, idx, W_dec)
+
+
+def _decode_bwd(res, g):
+    acts, idx, W_dec = res
+    g = g.astype(W_dec.dtype)
+    d_acts = jnp.einsum("nd,nkd->nk", g, jnp.take(W_dec, idx, axis=0)).astype(acts.dtype)
+    rows = (acts.astype(W_dec.dtype)[:, :, None] * g[:, None, :]).reshape(-1, W_dec.shape[1])
+    d_W_dec = jnp.zeros_like(W_dec).at[idx.reshape(-1)].add(rows)
+    return d_acts, None, d_W_dec
+
+
+sparse_decode.defvjp(_decode_fwd, _decode_bwd)
 
 
 def count_fires(idx: Int[Array, "n k"], active: Array, d_sae: int) -> Float[Array, " s"]:

@@ -57,11 +57,14 @@ class ActivationStore:
         skip_first: positions dropped from the start of every sequence (e.g. a BOS).
         seed: permutation seed.
         cache_dir: optional folder for ``.npy`` activation shards reused by later runs.
+        cache_key: extra text for the cache key (the key covers the model's weights, the
+            sites and the token source; give a plain function's name or version here).
     """
 
     def __init__(self, model: Any, tokens: Any, sites: str | Sequence[str], *, batch_size: int,
                  buffer_tokens: int = 1 << 16, model_batch: int = 16, skip_first: int = 0,
-                 seed: int = 0, cache_dir: str | os.PathLike | None = None) -> None:
+                 seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 cache_key: str = "") -> None:
         self.model = model
         self.sites = None  # filled below: {site: width}
         names = [sites] if isinstance(sites, str) else list(sites)
@@ -73,8 +76,8 @@ class ActivationStore:
         if first.ndim != 2 or first.shape[1] <= self.skip_first:
             raise DataError(f"Token batches must be [batch, pos] with pos > skip_first; got {first.shape}.")
         self._check_sites(names, first)
-        self._forward = eqx.filter_jit(_Reader(tuple(names), self.skip_first))
-        shapes = eqx.filter_eval_shape(self._forward, model, jnp.asarray(first))
+        self._reader = _Reader(tuple(names), self.skip_first)
+        shapes = eqx.filter_eval_shape(_read, self._reader, model, jnp.asarray(first))
         self.sites = {n: int(shapes[n].shape[-1]) for n in names}
         self._names = names
         rows_per_forward = first.shape[0] * (first.shape[1] - self.skip_first)
@@ -84,7 +87,7 @@ class ActivationStore:
         if self.steps_per_generation < 1:
             raise DataError(f"buffer_tokens={buffer_tokens} gives {self.rows_per_generation} rows, "
                             f"fewer than one batch of {self.batch_size}.")
-        self.cache_dir = None if cache_dir is None else Path(cache_dir) / self._key(first)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir) / self._key(first, cache_key)
         self._buffer: tuple[int, dict[str, jax.Array]] | None = None
         self.generated_tokens, self.generation_seconds, self.cached_generations = 0, 0.0, 0
 
@@ -114,7 +117,7 @@ class ActivationStore:
             parts: dict[str, list[jax.Array]] = {n: [] for n in self._names}
             for i in range(self.forwards_per_generation):
                 toks = jnp.asarray(self._tokens(g * self.forwards_per_generation + i))
-                acts = self._forward(self.model, toks)
+                acts = _read(self._reader, self.model, toks)
                 for n in self._names:
                     parts[n].append(acts[n])
             block = {n: jnp.concatenate(p) for n, p in parts.items()}
@@ -141,8 +144,8 @@ class ActivationStore:
                 raise HookNameError(unknown_name_message("site", n, known))
 
     # On-disk cache --------------------------------------------------------------------
-    def _key(self, first: np.ndarray) -> str:
-        digest = hashlib.sha256()
+    def _key(self, first: np.ndarray, extra: str) -> str:
+        digest = hashlib.sha256(extra.encode())
         for leaf in jax.tree.leaves(eqx.filter(self.model, eqx.is_array)):
             host = np.ascontiguousarray(np.asarray(leaf))
             digest.update(f"{host.dtype}{host.shape}{zlib.crc32(host.view(np.uint8).ravel())}".encode())
@@ -196,16 +199,22 @@ class _Reader(eqx.Module):
         return out
 
 
+@eqx.filter_jit
+def _read(reader: _Reader, model: Any, tokens: jax.Array) -> dict[str, jax.Array]:
+    """One compiled forward per (sites, model structure, token shape), shared by all stores."""
+    return reader(model, tokens)
+
+
 def site_activations(model: Any, tokens: np.ndarray, sites: str | Sequence[str], *,
                      chunk: int = 16) -> dict[str, np.ndarray]:
     """Activations at ``sites`` for token sequences ``[n, pos]``, as host arrays
     ``[n * pos, d]`` (one compiled forward per chunk shape; for evaluation sets)."""
     names = (sites,) if isinstance(sites, str) else tuple(sites)
-    read = eqx.filter_jit(_Reader(names, 0))
+    reader = _Reader(names, 0)
     tokens = np.asarray(tokens)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for start in range(0, len(tokens), chunk):
-        out = read(model, jnp.asarray(tokens[start:start + chunk]))
+        out = _read(reader, model, jnp.asarray(tokens[start:start + chunk]))
         for n in names:
             parts[n].append(np.asarray(out[n]))
     return {n: np.concatenate(p) for n, p in parts.items()}

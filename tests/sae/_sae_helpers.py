@@ -14,8 +14,8 @@ def randomised(cfg: SAEConfig, seed: int = 0) -> SAE:
     """An SAE whose every parameter is random (biases and thresholds included)."""
     sae = init_sae(cfg, jax.random.key(seed))
     leaves, treedef = jax.tree.flatten(sae)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    new = [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    rng = np.random.default_rng(seed + 1)  # numpy: no XLA compile per shape
+    new = [jnp.asarray(0.3 * rng.normal(size=x.shape), x.dtype) for x in leaves]
     sae = jax.tree.unflatten(treedef, new)
     if sae.threshold is not None:
         sae = eqx.tree_at(lambda s: s.threshold, sae, jnp.abs(sae.threshold))

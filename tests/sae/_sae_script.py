@@ -1,8 +1,8 @@
 """SAE training in a subprocess, for the tests that need a fresh process.
 
     python _sae_script.py RUNS NAME [--steps N] [--sleep S] [--mesh SPEC]
-        trains two SAEs (TopK and L1 with resampling) on synthetic activations with
-        checkpoints every 5 steps; writes final.npz and result.json in the run folder.
+        trains a TopK SAE (sparse path, auxiliary-k loss on dead latents) on synthetic
+        activations with checkpoints every 5 steps; writes final.npz and result.json.
     python _sae_script.py RUNS compare --mesh SPEC
         (under XLA_FLAGS=--xla_force_host_platform_device_count=8) trains the same SAEs
         unsharded and on the mesh, prints JSON: max differences, shardings, mesh errors.
@@ -32,8 +32,7 @@ D, WIDTH = 16, 64
 
 
 def saes() -> dict[str, SAEConfig]:
-    return {"topk": SAEConfig(D, WIDTH, "topk", k=4),
-            "l1": SAEConfig(D, WIDTH, "standard", l1_coefficient=1.0, l1_decoder_norm=False)}
+    return {"topk": SAEConfig(D, WIDTH, "topk", k=4)}
 
 
 def data() -> np.ndarray:
@@ -48,8 +47,8 @@ def run(runs: str, name: str, steps: int, mesh: str = "", sleep: float = 0.0, ck
         rows = np.random.default_rng(step).integers(0, len(x), 128)
         return x[rows]
 
-    cfg = TrainSAEConfig(steps=steps, batch_size=128, lr=3e-3, resample_steps=(10,),
-                         dead_after_tokens=128 * 4, checkpoint_every=ckpt, log_every=5,
+    cfg = TrainSAEConfig(steps=steps, batch_size=128, lr=3e-3, dead_after_tokens=128 * 4,
+                         checkpoint_every=ckpt, log_every=5,
                          mesh=mesh, progress=False, runs_dir=runs, name=name)
     return train_sae(saes(), batches, cfg)
 
@@ -71,7 +70,7 @@ def params_of(result) -> dict[str, np.ndarray]:
 def compare(runs: str, mesh: str) -> dict:
     from jaxinterp.errors import ConfigError
 
-    plain = params_of(run(runs, "plain", 12, ckpt=0))
+    plain = params_of(run(runs, "plain", 12, ckpt=0))  # checkpoints do not change results
     np.savez(f"{runs}/plain.npz", **plain)
     result = run(runs, "sharded", 12, mesh=mesh, ckpt=0)
     sharded = params_of(result)

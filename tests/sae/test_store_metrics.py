@@ -56,6 +56,18 @@ def test_store_batches_are_a_shuffle_of_the_activations(model, tmp_path: Path) -
     assert all(v.shape[0] == 512 for v in store._buffer[1].values())  # memory: one generation
 
 
+def test_store_reads_any_function_with_hook_tags() -> None:
+    table = jnp.asarray(np.random.default_rng(2).normal(size=(50, 8)), jnp.float32)
+
+    def fn(tokens):  # not a HookedTransformer: any JAX function with ji.hook tags
+        x = ji.hook("embed", table[tokens])
+        return ji.hook("squared", x**2).sum()
+
+    store = ActivationStore(fn, TOKENS, ["embed", "squared"], batch_size=32, buffer_tokens=256)
+    b = store(3)
+    np.testing.assert_allclose(np.asarray(b["squared"]), np.asarray(b["embed"]) ** 2, rtol=1e-6)
+
+
 def test_store_errors(model) -> None:
     with pytest.raises(HookNameError, match="blocks.0.mlp.hook_post"):
         ActivationStore(model, TOKENS, "blocks.0.mlp.hook_pots", batch_size=64)
@@ -110,15 +122,21 @@ def test_spliced_loss_and_splicing(model, tmp_path: Path) -> None:
     sae = init_sae(SAEConfig(16, 32, "relu", hook_name=site), jax.random.key(1))
     toks = jnp.asarray(TOKENS[:4])
     clean = model(toks)
-    kept = ji.run_with_hooks(model, toks, interventions=splice(sae, keep_error=True))
-    np.testing.assert_allclose(np.asarray(kept), np.asarray(clean), atol=1e-4)
-    steered = jax.vmap(lambda v: ji.run_with_hooks(model, toks, interventions=splice(
-        sae, keep_error=True, edit_fn=clamp, edit_params={"index": 5, "value": v})))(jnp.array([0.0, 10.0]))
+
+    @jax.jit
+    def steer(m, s, values):  # value 0 and 10 for latent 5, one vmapped program
+        return jax.vmap(lambda v: ji.run_with_hooks(m, toks, interventions=splice(
+            s, keep_error=True, edit_fn=clamp, edit_params={"index": 5, "value": v})))(values)
+
+    steered = steer(model, sae, jnp.asarray([0.0, 10.0]))
     assert float(jnp.abs(steered[1] - steered[0]).max()) > 1e-2
+    keep = jax.jit(lambda m, s: ji.run_with_hooks(m, toks, interventions=splice(s, keep_error=True)))
+    np.testing.assert_allclose(np.asarray(keep(model, sae)), np.asarray(clean), atol=1e-4)
     # a transcoder reads one site and writes another
     tc = init_sae(SAEConfig(16, 32, "relu", d_out=16, hook_name="blocks.0.ln2.hook_normalized",
                             hook_name_out=site), jax.random.key(2))
-    _, cache = ji.run_with_hooks(model, toks, interventions=splice(tc), names=[tc.cfg.hook_name, site])
+    _, cache = jax.jit(lambda m, t: ji.run_with_hooks(m, toks, interventions=splice(t),
+                                                       names=[t.cfg.hook_name, site]))(model, tc)
     np.testing.assert_allclose(np.asarray(cache[site]), np.asarray(tc(cache[tc.cfg.hook_name])), atol=1e-5)
     path = density_histogram_png(np.array([0, 1e-4, 1e-2, 0.5]), tmp_path / "d.png", title="t")
     assert path.stat().st_size > 1000
