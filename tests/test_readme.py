@@ -39,7 +39,7 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     assert ns["r"] >= 0.9, ns["r"]
     assert f"accuracy {ns['accuracy']:.0%}" in out
     top = ns["heads"].normalized().top(1)[0]
-    assert top.value > 0.4 and re.fullmatch(r"L\dH\d", top.label)
+    assert top.value > 0.25 and re.fullmatch(r"L\dH\d", top.label)
     assert (tmp_path / "runs/readme/ioi_resid.png").exists()
 
     # SmolLM2: predicts Paris; the France position carries the answer in middle layers.
