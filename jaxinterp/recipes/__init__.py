@@ -33,6 +33,10 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                  "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
     "browse": ("jaxinterp.recipes.browse", "BrowseConfig", "run_browse",
                "feature analysis and an offline feature browser for a run's SAEs (also: jaxinterp browse RUN_DIR)"),
+    "steering": ("jaxinterp.recipes.steering", "SteeringConfig", "run_steering",
+                 "clamp SAE features during generation (main job LM and SmolLM2-135M): KL, promoted-token shift"),
+    "sae_scaling": ("jaxinterp.recipes.sae_scaling", "SAEScalingConfig", "run_sae_scaling",
+                    "SAE width x steps at several compute budgets: power laws with bootstrap intervals"),
 }
 
 
