@@ -20,6 +20,7 @@ one-layer LM; its LM is reused from ``runs/demo`` when that exists):
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def _activations(c: SAEScalingConfig) -> tuple[np.ndarray, np.ndarray]:
     """Training and held-out activations of the site, cached in the run folder."""
     from jaxinterp.data import TokenWindows
     from jaxinterp.recipes import lm as lm_recipe
-    from jaxinterp.recipes.monosemanticity import MonosemanticityConfig, _lm_config
+    from jaxinterp.recipes.monosemanticity import _lm_config
     from jaxinterp.sae.store import site_activations
 
     cache = c.run_dir / "activations"
@@ -90,8 +91,8 @@ def _activations(c: SAEScalingConfig) -> tuple[np.ndarray, np.ndarray]:
         train, held = np.load(train_path), np.load(eval_path)
         if len(train) >= c.train_tokens and len(held) >= c.eval_tokens:
             return train[:c.train_tokens], held[:c.eval_tokens]
-    lm_cfg = _lm_config(MonosemanticityConfig(name=c.lm_run, runs_dir=c.runs_dir, fast=c.fast, progress=False).sized())
-    lm_recipe.train_lm(lm_cfg)
+    lm_cfg = _lm_config(_main_job_config(c))
+    lm_recipe.train_lm(lm_cfg)                          # reuses a finished LM; trains a missing one
     model = lm_recipe.load_model(lm_cfg.run_dir / "model")
     _, _, train_tokens, val_tokens = lm_recipe.corpus_splits(lm_cfg)
     seq = lm_cfg.seq_len
@@ -103,6 +104,19 @@ def _activations(c: SAEScalingConfig) -> tuple[np.ndarray, np.ndarray]:
     np.save(train_path, train)
     np.save(eval_path, held)
     return train, held
+
+
+def _main_job_config(c: SAEScalingConfig):
+    """The main job's settings: read from ``RUNS_DIR/LM_RUN/config.json`` when that run exists
+    (so its LM, whatever its flags, is reused), else the defaults (fast sizes in fast mode)."""
+    from jaxinterp.recipes.monosemanticity import MonosemanticityConfig
+
+    saved = Path(c.runs_dir) / c.lm_run / "config.json"
+    fields = {"name": c.lm_run, "runs_dir": c.runs_dir, "fast": c.fast, "progress": False}
+    if saved.is_file():
+        known = {f.name for f in dataclasses.fields(MonosemanticityConfig)}
+        fields = {k: v for k, v in json.loads(saved.read_text()).items() if k in known} | fields
+    return MonosemanticityConfig(**fields).sized()
 
 
 def _grid(c: SAEScalingConfig, d_in: int) -> list[dict]:

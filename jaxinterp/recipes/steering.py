@@ -110,7 +110,11 @@ def steer_and_compare(model: Any, sae: Any, analysis: Any, prompts: tuple[str, .
 
 def _main_job(c: SteeringConfig) -> tuple[Any, Any, Any, Any]:
     from jaxinterp.data import load_tokenizer
-    from jaxinterp.recipes.monosemanticity import MonosemanticityConfig, load_monosemanticity, run_monosemanticity
+    from jaxinterp.recipes.monosemanticity import (
+        MonosemanticityConfig,
+        load_monosemanticity,
+        run_monosemanticity,
+    )
 
     run = Path(c.run) if c.run else Path(c.runs_dir) / ("demo" if not is_fast(c) else "steering_lm")
     if not (run / "saes" / "metrics.json").is_file():
