@@ -118,10 +118,11 @@ def _main_job(c: SteeringConfig) -> tuple[Any, Any, Any, Any]:
 
     run = Path(c.run) if c.run else Path(c.runs_dir) / ("demo" if not is_fast(c) else "steering_lm")
     if not (run / "saes" / "metrics.json").is_file():
-        if not is_fast(c) and not c.run:
-            from jaxinterp.errors import ConfigError
+        if c.run or not is_fast(c):       # only fast mode trains a (tiny) main job of its own
+            from jaxinterp.errors import CheckpointError
 
-            raise ConfigError(f"{run} holds no finished main job; run `jaxinterp demo` first (or pass --run).")
+            raise CheckpointError(f"{run} holds no finished main job (saes/metrics.json); run `jaxinterp demo` "
+                                  "first, or pass --run with a finished one.")
         run_monosemanticity(MonosemanticityConfig(name=run.name, runs_dir=str(run.parent), fast=c.fast, widths="4",
                                                   browser=False, progress=c.progress))
     job = load_monosemanticity(run)
@@ -201,11 +202,11 @@ def run_steering(c: SteeringConfig) -> dict:
     from jaxinterp.features.analysis import AnalysisSettings, analyze_features
 
     start = time.perf_counter()
+    model, sae, windows, tokenizer = _main_job(c)       # errors before anything is written
     out = c.run_dir
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", dataclasses.asdict(c))
     results: dict[str, dict] = {}
-    model, sae, windows, tokenizer = _main_job(c)
     analysis = analyze_features(model, sae, windows, settings=AnalysisSettings(cooccurrence=False), neighbours=0)
     results["main job LM"] = steer_and_compare(model, sae, analysis, MAIN_PROMPTS, c, c.feature,
                                                 lambda t: tokenizer.decode([int(t)]))

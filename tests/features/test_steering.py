@@ -78,3 +78,21 @@ def test_bad_inputs(setup):
     assert int(np.asarray(feature_steering(sae, -1, value=1.0)[0].params["edit"]["index"])) == 31
     with pytest.raises(ConfigError, match="non-empty"):
         compare_steering(model, jnp.zeros((0, 3), jnp.int32), [])
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["browse", "{tmp}"], "holds no SAE"),
+    (["browse", "{tmp}/missing"], "does not exist"),
+    (["experiment", "steering", "--run", "{tmp}"], "no finished main job"),
+    (["experiment", "steering", "--multiple", "0"], "--multiple must be > 0"),
+    (["experiment", "sae_scaling", "--widths", "1,2"], "at least 3 positive widths"),
+    (["experiment", "sae_scaling", "--budgets", "1e9,x"], "--budgets numbers"),
+])
+def test_cli_bad_inputs(tmp_path, capsys, argv, fragment):
+    from jaxinterp import cli
+
+    code = cli.main([a.format(tmp=tmp_path) for a in argv] + (["--runs-dir", str(tmp_path / "runs")]
+                                                              if argv[0] == "experiment" else []))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and fragment in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
