@@ -17,7 +17,10 @@ of variance unexplained on held-out activations, a ratio of sums over tokens, so
 bootstrap resamples the evaluation tokens (with replacement, the same resample for every
 run), recomputes every run's loss and redoes the whole fit; the intervals are percentiles
 of the resampled exponents. They reflect the evaluation sample only: each point is one
-training run (one seed), so run-to-run noise is not in them.
+training run (one seed), so run-to-run noise is not in them; the spread of the exponents
+when each budget in turn is left out (``budget_jackknife``) shows how much the fit rests
+on any one budget. Budgets whose optimum sits at the edge of the widths tried are left
+out of the fit when at least two have an interior one.
 """
 
 from __future__ import annotations
@@ -69,13 +72,25 @@ def frontier(compute: np.ndarray, widths: np.ndarray, losses: np.ndarray) -> dic
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def fit(compute: np.ndarray, widths: np.ndarray, losses: np.ndarray, tokens_per_step: float) -> dict[str, float]:
-    """The three exponents (``alpha`` for L*, ``beta`` for N*, ``gamma`` for S*) and prefactors."""
+def fit(compute: np.ndarray, widths: np.ndarray, losses: np.ndarray, tokens_per_step: float,
+        drop: float | None = None) -> dict[str, float]:
+    """The three exponents (``alpha`` for L*, ``beta`` for N*, ``gamma`` for S*) and prefactors.
+
+    Budgets whose optimum lies at the edge of the widths tried say only that N* is beyond
+    it, so when two or more budgets have an interior optimum only those are fitted.
+    ``drop``: leave this budget out (the jackknife over budgets)."""
     f = frontier(compute, widths, losses)
+    keep = f["interior"].astype(bool) if f["interior"].sum() >= 2 else np.ones(len(f["compute"]), bool)
+    if drop is not None:
+        keep &= f["compute"] != drop
+    if keep.sum() < 2:
+        raise ConfigError("Scaling fits need at least two budgets to fit after leaving some out.")
+    f = {k: v[keep] for k, v in f.items()}
     neg_alpha, l0 = power_law(f["compute"], f["loss_opt"])
     beta, n0 = power_law(f["compute"], f["n_opt"])
     gamma, s0 = power_law(f["compute"], f["compute"] / (6 * tokens_per_step * f["n_opt"]))
-    return {"alpha": -neg_alpha, "L0": l0, "beta": beta, "N0": n0, "gamma": gamma, "S0": s0}
+    return {"alpha": -neg_alpha, "L0": l0, "beta": beta, "N0": n0, "gamma": gamma, "S0": s0,
+            "n_budgets": int(keep.sum())}
 
 
 def fit_with_bootstrap(runs: Sequence[dict[str, Any]], errors: np.ndarray, variances: np.ndarray, *,
@@ -110,5 +125,15 @@ def fit_with_bootstrap(runs: Sequence[dict[str, Any]], errors: np.ndarray, varia
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     intervals = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in samples.items()}
     front = frontier(compute, widths, losses)
+    jackknife: dict[str, list[float]] = {k: [] for k in samples}
+    for budget in front["compute"]:
+        try:
+            f = fit(compute, widths, losses, tokens_per_step, drop=budget)
+        except ConfigError:
+            continue
+        for k in jackknife:
+            jackknife[k].append(f[k])
+    spread = {k: [float(min(v)), float(max(v))] for k, v in jackknife.items() if len(v) >= 2}
     return {"fit": point, "interval": intervals, "level": level, "n_boot": len(samples["alpha"]),
-            "losses": losses.tolist(), "frontier": {k: v.tolist() for k, v in front.items()}}
+            "budget_jackknife": spread, "losses": losses.tolist(),
+            "frontier": {k: v.tolist() for k, v in front.items()}}

@@ -42,15 +42,15 @@ class SAEScalingConfig:
     seed: int = flag(0, "seed of the SAEs, the data order and the bootstrap")
     fast: bool = flag(False, "tiny sizes for CI (also JAXINTERP_FAST=1)")
     lm_run: str = flag("demo", "main-job run whose LM provides the site (trained there if missing)")
-    widths: str = flag("1,2,4,8,16", "SAE widths as multiples of d_in")
-    budgets: str = flag("5e10,2e11,8e11,3.2e12", "compute budgets in FLOPs (6 * batch * d_in * d_sae * steps)")
-    batch_size: int = flag(512, "activations per SAE step")
+    widths: str = flag("0.25,0.5,1,2,4", "SAE widths as multiples of d_in (fractions allowed: d_sae = round(w * d_in))")
+    budgets: str = flag("1e10,2e10,4e10,8e10", "compute budgets in FLOPs (6 * batch * d_in * d_sae * steps)")
+    batch_size: int = flag(256, "activations per SAE step")
     k: int = flag(16, "active latents per token (TopK)")
     lr: float = flag(1e-3, "Adam learning rate")
-    min_steps: int = flag(100, "skip (budget, width) pairs with fewer steps")
-    max_steps: int = flag(5000, "skip (budget, width) pairs with more steps")
+    min_steps: int = flag(50, "skip (budget, width) pairs with fewer steps")
+    max_steps: int = flag(1600, "skip (budget, width) pairs with more steps")
     train_tokens: int = flag(131072, "activations the SAEs train on (cycled)")
-    eval_tokens: int = flag(16384, "held-out activations for the loss")
+    eval_tokens: int = flag(8192, "held-out activations for the loss")
     n_boot: int = flag(1000, "bootstrap resamples of the evaluation tokens")
     mesh: str = flag("", "device mesh for the SAE runs, e.g. data=4,model=2")
 
@@ -58,12 +58,12 @@ class SAEScalingConfig:
         check_config(self, positive=("batch_size", "k", "min_steps", "max_steps", "train_tokens", "eval_tokens",
                                      "n_boot"))
         try:
-            widths = [int(w) for w in self.widths.split(",")]
+            widths = [float(w) for w in self.widths.split(",")]
             budgets = [float(b) for b in self.budgets.split(",")]
         except ValueError:
-            raise ConfigError(f"--widths must be ints and --budgets numbers, comma-separated; got "
+            raise ConfigError(f"--widths and --budgets must be numbers, comma-separated; got "
                               f"{self.widths!r} and {self.budgets!r}") from None
-        if len(set(widths)) < 3 or len(set(budgets)) < 2 or min(widths) < 1 or min(budgets) <= 0:
+        if len(set(widths)) < 3 or len(set(budgets)) < 2 or min(widths) <= 0 or min(budgets) <= 0:
             raise ConfigError("The sweep needs at least 3 positive widths and 2 positive budgets.")
 
     @property
@@ -73,7 +73,7 @@ class SAEScalingConfig:
     def sized(self) -> SAEScalingConfig:
         if not is_fast(self):
             return self
-        return dataclasses.replace(self, lm_run="sae_scaling_lm", widths="1,2,4,8", budgets="1.2e9,2.4e9,4.8e9",
+        return dataclasses.replace(self, lm_run="sae_scaling_lm", widths="1,2,4", budgets="1.2e9,2.4e9",
                                    batch_size=256, k=8, min_steps=30, max_steps=800, train_tokens=16384,
                                    eval_tokens=2048, n_boot=200)
 
@@ -122,8 +122,8 @@ def _main_job_config(c: SAEScalingConfig):
 def _grid(c: SAEScalingConfig, d_in: int) -> list[dict]:
     runs = []
     for budget in sorted({float(b) for b in c.budgets.split(",")}):
-        for w in sorted({int(w) for w in c.widths.split(",")}):
-            n = w * d_in
+        for w in sorted({float(w) for w in c.widths.split(",")}):
+            n = max(int(round(w * d_in)), c.k)
             steps = int(round(budget / (6 * c.batch_size * d_in * n)))
             if c.min_steps <= steps <= c.max_steps:
                 runs.append({"budget": budget, "d_sae": n, "steps": steps,
@@ -139,9 +139,11 @@ def _train_one(c: SAEScalingConfig, run: dict, train: np.ndarray, held: np.ndarr
     from jaxinterp.sae import SAEConfig, TrainSAEConfig, train_sae
 
     path = c.run_dir / "sweep" / f"N{run['d_sae']}_S{run['steps']}.npz"
+    key = json.dumps({"lm_run": c.lm_run, "k": c.k, "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed,
+                      "train_tokens": c.train_tokens, "eval_tokens": c.eval_tokens}, sort_keys=True)
     if path.is_file():
         with np.load(path) as f:
-            if f["errors"].shape == (len(held),):
+            if "key" in f.files and str(f["key"]) == key and f["errors"].shape == (len(held),):
                 run["seconds"] = float(f["seconds"])
                 return f["errors"]
     d_in = train.shape[1]
@@ -157,7 +159,7 @@ def _train_one(c: SAEScalingConfig, run: dict, train: np.ndarray, held: np.ndarr
     errors = np.concatenate([np.asarray(recon(sae, jnp.asarray(held[i:i + 4096]))) for i in range(0, len(held), 4096)])
     run["seconds"] = round(result.seconds, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, errors=errors, seconds=result.seconds)
+    np.savez(path, errors=errors, seconds=result.seconds, key=key)   # reused only by the same settings
     return errors
 
 
@@ -188,9 +190,17 @@ def _plot(runs: list[dict], out: dict, tokens_per_step: float, path: Path) -> Pa
              label=f"S* ~ C^{fit['gamma']:.3f} [{ci['gamma'][0]:.3f}, {ci['gamma'][1]:.3f}]")
     ax3.set_ylabel("compute-optimal steps")
     ax3.set_title("optimal training steps", fontsize=9)
+    edge = ~front["interior"].astype(bool)
+    if edge.any() and fit["n_budgets"] < len(edge):
+        for ax, y in ((ax1, front["loss_opt"]), (ax2, front["n_opt"]), (ax3, s_opt)):
+            ax.plot(front["compute"][edge], y[edge], "s", mfc="white", mec="k", ms=7,
+                    label="optimum at the sweep's edge (not fitted)")
+    from matplotlib.ticker import NullFormatter
+
     for ax in (ax1, ax2, ax3):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compute C (FLOPs)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5)
@@ -226,12 +236,14 @@ def run_sae_scaling(config: SAEScalingConfig) -> dict:
     tokens_per_step = float(c.batch_size * d_in)
     fits = fit_with_bootstrap(runs, errors, variances, tokens_per_step=tokens_per_step, n_boot=c.n_boot, seed=c.seed)
     _plot(runs, fits, tokens_per_step, out_dir / "scaling.png")
-    summary = {"site": SITE, "d_in": d_in, "runs": runs, **fits, "seconds": round(time.perf_counter() - start, 1)}
+    summary = {"site": SITE, "d_in": d_in, "runs": runs, **fits, "seconds": round(time.perf_counter() - start, 1),
+               "train_seconds": round(sum(r["seconds"] for r in runs), 1)}   # cached runs: their first training
     write_json_atomic(out_dir / "results.json", summary)
     _report(c, summary, out_dir / "report.md")
     f, ci = fits["fit"], fits["interval"]
     return {"alpha": f["alpha"], "alpha_ci": ci["alpha"], "beta": f["beta"], "beta_ci": ci["beta"],
-            "gamma": f["gamma"], "gamma_ci": ci["gamma"], "runs": len(runs), "seconds": summary["seconds"]}
+            "gamma": f["gamma"], "gamma_ci": ci["gamma"], "budgets_fitted": f["n_budgets"],
+            "budget_jackknife": fits["budget_jackknife"], "runs": len(runs), "seconds": summary["seconds"]}
 
 
 def _report(c: SAEScalingConfig, s: dict, path: Path) -> None:
@@ -246,10 +258,20 @@ def _report(c: SAEScalingConfig, s: dict, path: Path) -> None:
              f"| beta (N* ~ C^beta) | {f['beta']:.3f} | [{ci['beta'][0]:.3f}, {ci['beta'][1]:.3f}] |",
              f"| gamma (S* ~ C^gamma) | {f['gamma']:.3f} | [{ci['gamma'][0]:.3f}, {ci['gamma'][1]:.3f}] |", "",
              "The intervals resample evaluation tokens only (one training run per point). "
-             f"Optimum inside the widths tried at {sum(front['interior'])} of {len(front['interior'])} budgets "
-             "(an optimum at the edge of the sweep pins N* to that width).", "",
+             f"Optimum inside the widths tried at {sum(front['interior'])} of {len(front['interior'])} budgets; "
+             f"{f['n_budgets']} budgets fitted (an optimum at the edge of the sweep only bounds N*, so such "
+             "budgets are left out when two or more are interior).", "",
+             "Leaving each fitted budget out in turn, the exponents range over: "
+             + ", ".join(f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in s["budget_jackknife"].items())
+             + " (the fit's sensitivity to any one budget).", "",
+             "| budget | optimal d_sae N* | optimal steps S* | L* | interior |", "|---|---|---|---|---|"]
+    lines += [f"| {c_:.2g} | {n:.0f} | {c_ / (6 * c.batch_size * s['d_in'] * n):.0f} | {lo:.4f} | {bool(i)} |"
+              for c_, n, lo, i in zip(front["compute"], front["n_opt"], front["loss_opt"], front["interior"],
+                                      strict=True)]
+    lines += ["",
              "![scaling](scaling.png)", "", "| budget | d_sae | steps | FVU | seconds |", "|---|---|---|---|---|"]
     lines += [f"| {r['budget']:.2g} | {r['d_sae']} | {r['steps']} | {r['loss']:.4f} | {r.get('seconds', 0):.1f} |"
               for r in s["runs"]]
-    lines += ["", f"Wall time {s['seconds']} s."]
+    lines += ["", f"Wall time {s['seconds']} s (SAE training, summed over runs, some maybe from an earlier "
+              f"invocation: {s['train_seconds']} s)."]
     path.write_text("\n".join(lines) + "\n")

@@ -188,8 +188,9 @@ def _plot(results: dict[str, dict], path: Path) -> Path:
     ax1.set_ylabel("P(feature's top-10 promoted tokens)")
     ax1.set_title("next-token probability of the promoted tokens", fontsize=9)
     ax1.legend(fontsize=7)
-    ax2.bar(x - 0.2, [results[n]["steered"]["kl"] for n in names], 0.4, label="feature clamped")
-    ax2.bar(x + 0.2, [results[n]["random_direction_control"]["kl"] for n in names], 0.4, label="random direction")
+    ax2.bar(x - 0.2, [results[n]["steered"]["kl"] for n in names], 0.4, color="C1", label="feature clamped")
+    ax2.bar(x + 0.2, [results[n]["random_direction_control"]["kl"] for n in names], 0.4, color="C2",
+            label="random direction, same norm")
     ax2.set_xticks(x, names)
     ax2.set_ylabel("mean KL(clean || steered), nats")
     ax2.set_title("change of the next-token distribution", fontsize=9)

@@ -86,7 +86,7 @@ def test_bad_inputs(setup):
     (["experiment", "steering", "--run", "{tmp}"], "no finished main job"),
     (["experiment", "steering", "--multiple", "0"], "--multiple must be > 0"),
     (["experiment", "sae_scaling", "--widths", "1,2"], "at least 3 positive widths"),
-    (["experiment", "sae_scaling", "--budgets", "1e9,x"], "--budgets numbers"),
+    (["experiment", "sae_scaling", "--budgets", "1e9,x"], "must be numbers"),
 ])
 def test_cli_bad_inputs(tmp_path, capsys, argv, fragment):
     from jaxinterp import cli
