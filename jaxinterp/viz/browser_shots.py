@@ -73,6 +73,15 @@ def screenshot_browser(index_html: str | Path, out_dir: str | Path, feature: int
         return {"skipped": reason}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Playwright's sync API refuses a thread with a running asyncio loop (a Jupyter
+    # kernel's main thread), so the browser is driven from a worker thread of its own.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_screenshots, Path(index_html), out_dir, int(feature)).result()
+
+
+def _screenshots(index_html: Path, out_dir: Path, feature: int) -> dict[str, Any]:
     with headless_chromium() as browser:
         page, load_ms = open_page(browser, index_html)
         page.screenshot(path=str(out_dir / "browser_index.png"))
