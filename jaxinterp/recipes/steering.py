@@ -69,6 +69,14 @@ class SteeringConfig:
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    def sized(self) -> SteeringConfig:
+        """Fast mode steers the fast main job, whose 60-step LM's MLP writes almost nothing to
+        the residual stream (zero-ablating it moves the loss by ~1e-4 nats): it clamps 30x
+        harder and generates fewer tokens, so the effect is still measurable in CI."""
+        if not is_fast(self):
+            return self
+        return dataclasses.replace(self, multiple=self.multiple * 30, max_new_tokens=min(self.max_new_tokens, 8))
+
 
 def pick_feature(analysis: Any, logits: dict[str, np.ndarray], lo: float = 1e-4, hi: float = 0.05) -> int:
     """The feature whose top promoted token gains most at its max activation
@@ -198,9 +206,11 @@ def _plot(results: dict[str, dict], path: Path) -> Path:
     return save(fig, path)
 
 
-def run_steering(c: SteeringConfig) -> dict:
+def run_steering(config: SteeringConfig) -> dict:
     """Steers both models and writes ``results.json``, ``steering.png`` and ``report.md``."""
     from jaxinterp.features.analysis import AnalysisSettings, analyze_features
+
+    c = config.sized()
 
     start = time.perf_counter()
     model, sae, windows, tokenizer = _main_job(c)       # errors before anything is written
