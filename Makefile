@@ -9,7 +9,7 @@ UV     := $(VENV)/bin/uv pip install -q --python $(PY)
 RUN    ?= demo
 PYTEST_ARGS ?= -n auto --dist loadgroup
 
-.PHONY: demo test venv test-env lint clean bench
+.PHONY: demo test venv test-env lint clean bench chromium
 
 # uv installs the packages (it resolves and downloads in parallel: minutes faster than
 # pip for the test extras' ~190 packages); pip only installs pip, uv and torch.
@@ -35,7 +35,17 @@ test-env: $(VENV)/.test
 demo: $(VENV)/.core
 	$(VENV)/bin/jaxinterp demo --name $(RUN)
 
-test: $(VENV)/.test
+# The browser tests drive Debian's chromium through Playwright (no browser download).
+# Installed here when missing (as root, or with passwordless sudo); if it cannot be, the
+# browser tests skip and say why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed: the browser tests will be skipped"; }
+
+test: $(VENV)/.test chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.test

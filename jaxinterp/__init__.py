@@ -2,8 +2,8 @@
 
 ``import jaxinterp as ji`` gives the curated public API: hooked transformers and their
 configs, the hook transforms (cache, patch, steer), and the errors jaxinterp raises.
-Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.circuits``, ``ji.viz``)
-hold the rest.
+Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.circuits``, ``ji.sae``,
+``ji.features``, ``ji.viz``) hold the rest.
 """
 
 from jaxinterp import interp, models
@@ -71,7 +71,7 @@ __version__ = "0.1.0"
 
 # Sub-packages loaded on first use (``ji.train``, ``ji.viz``...), so that importing
 # jaxinterp does not pay for orbax, optax, tokenizers or matplotlib up front.
-_LAZY = ("circuits", "data", "io", "train", "viz", "features")
+_LAZY = ("circuits", "data", "io", "train", "viz", "features", "sae")
 
 
 def __getattr__(name: str):
@@ -100,6 +100,7 @@ __all__ = [
     "path_patching",
     "path_patching_sweep",
     "per_token_loss",
+    "sae",
     "train",
     "viz",
     "Cache",

@@ -1,7 +1,10 @@
 """The ``jaxinterp`` command.
 
-    jaxinterp demo                      the main job (see README)
-    jaxinterp train --n-layers 4 ...    train a small LM on the embedded corpus
+    jaxinterp demo                      the main job: a one-layer LM, then SAEs on its MLP
+    jaxinterp train --n-layers 4 ...    train a language model (any field overridden)
+    jaxinterp train-sae --model M --site S   an SAE on any loadable model's hook site
+    jaxinterp eval-sae --sae F --model M     evaluate an SAE file on a model
+    jaxinterp browse RUN_DIR            every feature of a run's SAEs in an offline browser
     jaxinterp experiment --list         the reproductions available
     jaxinterp experiment NAME --help    one reproduction and its settings
 
@@ -28,12 +31,15 @@ from typing import Any
 from jaxinterp import recipes
 from jaxinterp.errors import ConfigError, JaxinterpError
 
-DEMO = "train-lm"  # the recipe `jaxinterp demo` runs
+DEMO = "monosemanticity"  # the recipe `jaxinterp demo` runs
 DEMO_DEFAULTS = {"name": "demo"}
 # Subcommands that run one recipe with its dataclass flags: name -> (recipe, defaults, help)
 COMMANDS: dict[str, tuple[str, dict, str]] = {
-    "demo": (DEMO, DEMO_DEFAULTS, "the main job: " + recipes.RECIPES[DEMO][3]),
+    "demo": (DEMO, DEMO_DEFAULTS, recipes.RECIPES[DEMO][3]),
     "train": ("train-lm", {}, "train a transformer LM on the embedded corpus (any LMConfig field as a flag)"),
+    "train-sae": ("train-sae", {}, "train an SAE on a model's hook site (mesh and multi-host flags)"),
+    "eval-sae": ("eval-sae", {}, "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
+    "browse": ("browse", {}, "analyse every feature of a run's SAEs and write an offline feature browser"),
 }
 
 
@@ -75,6 +81,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, defaults: dic
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, type=_typed(t, flag), default=None, metavar=t.__name__.upper(), help=text)
+        if f.metadata.get("positional"):  # also a bare argument: jaxinterp browse RUN_DIR
+            parser.add_argument(f"{f.name}_positional", nargs="?", type=_typed(t, f.name.upper()), default=None,
+                                metavar=f.name.upper(), help=f"same as {flag}")
 
 
 def build_config(cls: type, args: argparse.Namespace, defaults: dict | None = None):
@@ -88,6 +97,10 @@ def build_config(cls: type, args: argparse.Namespace, defaults: dict | None = No
             raise ConfigError(f"cannot read --config {args.config}: {e}") from None
     for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)
+        bare = getattr(args, f"{f.name}_positional", None)
+        if v is not None and bare is not None and v != bare:
+            raise ConfigError(f"{f.name} given twice: {bare!r} and --{f.name.replace('_', '-')} {v!r}")
+        v = v if v is not None else bare
         if v is not None:
             values[f.name] = v
     known = {f.name for f in dataclasses.fields(cls)}
@@ -119,7 +132,7 @@ def _run(name: str, args: argparse.Namespace, defaults: dict | None = None) -> i
 def _recipe_parser(prog: str, name: str, defaults: dict | None = None,
                    description: str | None = None) -> argparse.ArgumentParser:
     cls, _ = recipes.get(name)
-    parser = _Parser(prog=prog, description=description or recipes.RECIPES[name][3])
+    parser = _Parser(prog=prog, description=description or recipes.RECIPES[recipes.canonical(name)][3])
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     add_dataclass_args(parser, cls, defaults)
     return parser
@@ -178,14 +191,15 @@ def _main(argv: list[str]) -> int:
     if args.list:
         _list_experiments()
         return 0
-    exp_parser = _recipe_parser(f"jaxinterp experiment {args.name}", args.name)
+    name = recipes.canonical(args.name)
+    exp_parser = _recipe_parser(f"jaxinterp experiment {name}", name)
     if args.help:
         exp_parser.print_help()
         return 0
     exp_args, extra = exp_parser.parse_known_args(rest)
     if extra:
         raise _unknown_flags(extra, exp_parser)
-    return _run(args.name, exp_args)
+    return _run(name, exp_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

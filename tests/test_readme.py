@@ -65,6 +65,11 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     # Feature visualisation: optimised inputs beat the best dataset example on every unit.
     assert bool(ns["beats"].all())
 
+    # Features: the top context peaks at the feature's maximum; clamping it raises the
+    # probability of the tokens it promotes.
+    assert ns["top"]["value"] == pytest.approx(float(ns["analysis"].max_activation[ns["i"]]), rel=1e-5)
+    assert ns["shift"].token_prob_after > 1.2 * ns["shift"].token_prob_before and ns["shift"].kl > 0
+
     # The training snippet converges and checkpoints.
     np.testing.assert_allclose(ns["result"].params["w"], ns["target"], atol=0.05)
     assert (tmp_path / "runs/readme-fit/checkpoints").is_dir()

@@ -21,12 +21,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxinterp.interp.ioi import ioi_batch, ioi_config
 
 import jaxinterp as ji
 from jaxinterp import circuits
 from jaxinterp.circuits.composition import flop_count
 from jaxinterp.data import repeated_tokens
+from jaxinterp.data.ioi import ioi_batch
+from jaxinterp.recipes.ioi import ioi_config
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, float]:
@@ -108,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     bench_composition(6 if args.quick else 12, 1 if args.quick else 2)
-    from jaxinterp.interp.ioi import train_ioi_model
+    from jaxinterp.recipes.ioi import train_ioi_model
 
     model, _ = train_ioi_model(300, cfg=ioi_config(n_layers=3), progress=False)
     data = ioi_batch(64, seed=1)

@@ -33,15 +33,32 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                   "induction heads: phase change, ICL score, prefix matching, ablations, SmolLM2"),
     "circuit-discovery": ("jaxinterp.recipes.circuit_discovery", "CircuitDiscoveryConfig", "run_circuit_discovery",
                           "EAP and EAP-IG on the IOI model against exact edge patching; faithfulness"),
+    "monosemanticity": ("jaxinterp.recipes.monosemanticity", "MonosemanticityConfig", "run_monosemanticity",
+                        "the main job: a one-layer LM, then SAEs of several widths on its MLP neurons"),
+    "sae-ground-truth": ("jaxinterp.recipes.sae_ground_truth", "SAEGroundTruthConfig", "run_sae_ground_truth",
+                         "every SAE architecture against a known dictionary in superposition (MMCS)"),
+    "train-sae": ("jaxinterp.recipes.train_sae", "TrainSAERecipe", "run_train_sae",
+                  "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
+    "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",
+                 "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
+    "browse": ("jaxinterp.recipes.browse", "BrowseConfig", "run_browse",
+               "feature analysis and an offline feature browser for a run's SAEs (also: jaxinterp browse RUN_DIR)"),
+    "steering": ("jaxinterp.recipes.steering", "SteeringConfig", "run_steering",
+                 "clamp SAE features during generation (main job LM and SmolLM2-135M): KL, promoted-token shift"),
+    "sae_scaling": ("jaxinterp.recipes.sae_scaling", "SAEScalingConfig", "run_sae_scaling",
+                    "SAE width x steps at several compute budgets: power laws with bootstrap intervals"),
 }
 
 
-def flag(default: Any, help: str) -> Any:
+def flag(default: Any, help: str, *, positional: bool = False) -> Any:
     """A recipe config field with its one-line ``--help`` text::
 
         steps: int = flag(800, "optimiser updates (0: the recipe's default)")
+
+    ``positional=True`` also accepts the value as a bare argument on the command line
+    (``jaxinterp browse RUN_DIR``), besides its ``--flag``.
     """
-    return dataclasses.field(default=default, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help, "positional": positional})
 
 
 def check_config(config: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
@@ -80,8 +97,18 @@ def register(name: str, module: str, config: str, run: str, doc: str) -> None:
     RECIPES[name] = (module, config, run, doc)
 
 
+def canonical(name: str) -> str:
+    """The registered spelling of an experiment name: ``circuit_discovery`` and
+    ``circuit-discovery`` (likewise ``sae-scaling``/``sae_scaling``) name the same run."""
+    for spelling in (name, name.replace("_", "-"), name.replace("-", "_")):
+        if spelling in RECIPES:
+            return spelling
+    return name
+
+
 def get(name: str) -> tuple[type, Callable]:
-    """The config class and run function of a recipe."""
+    """The config class and run function of a recipe (``-`` and ``_`` interchangeable)."""
+    name = canonical(name)
     if name not in RECIPES:
         from jaxinterp.errors import ConfigError, unknown_name_message
 

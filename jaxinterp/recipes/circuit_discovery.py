@@ -28,13 +28,14 @@ import jax
 import numpy as np
 
 from jaxinterp import circuits
+from jaxinterp.data.ioi import ioi_batch
 from jaxinterp.errors import ConfigError
 from jaxinterp.interp import compare_attribution
-from jaxinterp.interp.ioi import ioi_batch, ioi_config, ioi_loss, train_ioi_model
 from jaxinterp.io.weights import load_weights, save_weights
 from jaxinterp.models import init_transformer
 from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.recipes._run_files import md_table, write_run
+from jaxinterp.recipes.ioi import ioi_config, ioi_loss, train_ioi_model
 from jaxinterp.viz import plot_circuit, plot_faithfulness
 from jaxinterp.viz._figure import figure, save
 

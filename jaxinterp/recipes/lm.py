@@ -140,20 +140,27 @@ def model_config(cfg: LMConfig, d_vocab: int) -> TransformerConfig:
     )
 
 
-def train_lm(cfg: LMConfig) -> dict:
-    """Runs the whole pipeline; returns the summary also written to ``report.json``."""
+def corpus_splits(cfg: LMConfig):
+    """``(tokenizer, tokens, train_tokens, val_tokens)``: the corpus tokenized (cached) and
+    split, the last ``val_fraction`` (at least one batch) held out."""
     tokenizer = _tokenizer(cfg)
     tokens = tokenize_corpus(_documents(cfg), tokenizer)
     n_val = max(int(len(tokens) * cfg.val_fraction), cfg.seq_len * cfg.batch_size)
+    return tokenizer, tokens, tokens[:-n_val], tokens[-n_val:]
+
+
+def train_lm(cfg: LMConfig) -> dict:
+    """Runs the whole pipeline; returns the summary also written to ``report.json``."""
     if cfg.loader not in ("numpy", "grain"):
         raise ConfigError(f"loader must be 'numpy' or 'grain', got {cfg.loader!r}")
+    tokenizer, tokens, train_tokens, val_tokens = corpus_splits(cfg)
     if cfg.loader == "grain":
         from jaxinterp.data.grain_source import GrainWindows
 
-        batches = GrainWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch_fn()
+        batches = GrainWindows(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch_fn()
     else:
-        batches = TokenWindows(tokens[:-n_val], cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch
-    val_windows = TokenWindows(tokens[-n_val:], cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
+        batches = TokenWindows(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch
+    val_windows = TokenWindows(val_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
     mcfg = model_config(cfg, tokenizer.vocab_size)
     model = init_transformer(mcfg, jax.random.key(cfg.seed))
 

@@ -87,6 +87,7 @@ class TrainResult:
     Attributes:
         params: the trained parameters, same structure as the ``params`` passed in.
         opt_state: the final optimiser state.
+        state: the final extra state (``train(..., state=...)``), or None.
         step: the step reached (``config.steps``).
         metrics: every logged record, including those of earlier (resumed) processes.
         run_dir: the run's folder.
@@ -95,6 +96,7 @@ class TrainResult:
 
     params: Any
     opt_state: Any
+    state: Any
     step: int
     metrics: list[dict[str, Any]]
     run_dir: Path

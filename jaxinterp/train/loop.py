@@ -9,6 +9,10 @@
 * ``batch_fn(step) -> batch`` must be deterministic in ``step``: the data position *is*
   the step, which is what makes resuming exact without saving any iterator state.
 * Randomness is ``fold_in(key(seed), step)``, also a function of the step.
+* Optional ``post_step(params, opt_state, state, aux, key, step) -> (params, opt_state,
+  state, metrics)`` runs after every update inside the same compiled step (constraints,
+  resets, running statistics), with ``state`` an extra pytree of arrays carried between
+  steps and checkpointed; see ``step.py``. The SAE trainer is built on this.
 
 Checkpoints (``checkpoint_every``) hold params, optimiser state, step and key. Run the
 same command after a crash or ``kill -9`` and it continues from the latest good
@@ -55,6 +59,9 @@ def train(
     eval_fn: Callable[[PyTree, PyTree], Any] | None = None,
     eval_batch_fn: Callable[[int], PyTree] | None = None,
     state_fingerprint: Mapping[str, Any] | None = None,
+    *,
+    post_step: Callable[..., tuple] | None = None,
+    state: PyTree = None,
 ) -> TrainResult:
     """Train ``params`` for ``config.steps`` updates, resuming from checkpoints if present.
 
@@ -69,6 +76,13 @@ def train(
         eval_batch_fn: ``eval_batch_fn(step) -> eval_batch`` (``None`` is passed without it).
         state_fingerprint: JSON-able dict of whatever defines the run (model config, lr,
             data...); a checkpoint written under a different one is refused.
+        post_step: optional pure ``post_step(params, opt_state, state, aux, key, step) ->
+            (params, opt_state, state, metrics)`` applied after every update, inside the
+            compiled step (``aux`` is the loss's optional third output); its metrics are
+            logged with the loss's.
+        state: optional pytree of arrays carried from step to step, checkpointed with the
+            parameters but not trained; when given, the loss is called as
+            ``loss_fn(params, batch, key, state)``. It comes back as ``TrainResult.state``.
 
     Returns:
         A :class:`TrainResult`.
@@ -86,8 +100,10 @@ def train(
         raise ConfigError("params has no floating-point arrays to train.")
     fingerprint = {"train.seed": config.seed, **dict(state_fingerprint or {})}
 
+    with_state = state is not None
     replicated = replicated_sharding(trainable)
-    state = _initial_state(trainable, optimizer, config.seed, replicated)
+    extra = state
+    state = _initial_state(trainable, optimizer, config.seed, replicated, extra)
     ckpt = None
     if config.checkpoint_every:
         ckpt = Checkpointer(
@@ -103,23 +119,26 @@ def train(
             resume_step=start if start > 0 else None,
         )
         params_, opt_state, key = state["params"], state["opt_state"], state["key"]
+        extra = state["extra"]
         bad = commit(jnp.asarray(-1, jnp.int32), replicated)  # first non-finite step, or -1
         shardings = None  # on a mesh, keep every leaf where it started (see placement.py)
         if replicated is not None and len(replicated.device_set) > 1:
-            shardings = jax.tree.map(lambda x: x.sharding, (params_, opt_state, bad))
-        step_fn = make_train_step(loss_fn, optimizer, static, shardings)
+            shardings = jax.tree.map(lambda x: x.sharding, (params_, opt_state, extra, bad))
+        step_fn = make_train_step(
+            loss_fn, optimizer, static, shardings, post_step=post_step, with_state=with_state
+        )
         run_eval = None
         if eval_fn is not None:
             run_eval = jax.jit(lambda p, b: eval_fn(eqx.combine(p, static), b))
         batch = batch_fn(start) if start < config.steps else None
         if batch is not None:
-            _check_loss_fn(loss_fn, static, params_, batch, key)
+            _check_loss_fn(loss_fn, static, params_, batch, key, extra, with_state)
         speed = _Throughput(_tokens_per_step(batch))
 
         for i in range(start, config.steps):
             batch = batch if i == start else batch_fn(i)
-            params_, opt_state, bad, loss, metrics = step_fn(
-                params_, opt_state, bad, batch, key, np.int32(i)
+            params_, opt_state, extra, bad, loss, metrics = step_fn(
+                params_, opt_state, extra, bad, batch, key, np.int32(i)
             )
             s = i + 1
             speed.steps += 1
@@ -148,10 +167,9 @@ def train(
                     log.record(s, {f"eval_{k}": v for k, v in out.items()}, flush=True)
                 if do_ckpt:
                     log.flush()  # metrics.json always covers every checkpoint
-                    step_ = jnp.asarray(s, jnp.int32)
-                    ckpt.save(
-                        s, {"params": params_, "opt_state": opt_state, "step": step_, "key": key}
-                    )
+                    step_ = commit(jnp.asarray(s, jnp.int32), replicated)
+                    ckpt.save(s, {"params": params_, "opt_state": opt_state, "step": step_,
+                                  "key": key, "extra": extra})
         log.flush()
     finally:
         if bar is not None:
@@ -161,6 +179,7 @@ def train(
     return TrainResult(
         params=eqx.combine(params_, static),
         opt_state=opt_state,
+        state=extra,
         step=config.steps,
         metrics=list(log.records),
         run_dir=config.run_dir,
@@ -169,7 +188,8 @@ def train(
 
 
 def _initial_state(
-    trainable: PyTree, optimizer: optax.GradientTransformation, seed: int, replicated: Any
+    trainable: PyTree, optimizer: optax.GradientTransformation, seed: int, replicated: Any,
+    extra: PyTree = None,
 ) -> dict[str, Any]:
     """Fresh, committed buffers: the step donates its inputs (the caller keeps theirs), and
     a fresh and a resumed run must present the same placements (see placement.py)."""
@@ -180,6 +200,7 @@ def _initial_state(
         "opt_state": copy_arrays(opt_state),
         "step": jnp.asarray(0, jnp.int32),
         "key": jax.random.key(seed),
+        "extra": copy_arrays(extra),
     }
     return commit(state, replicated)
 
@@ -220,15 +241,19 @@ class _Throughput:
 
 
 def _check_loss_fn(
-    loss_fn: LossFn, static: PyTree, params: PyTree, batch: PyTree, key: Any
+    loss_fn: LossFn, static: PyTree, params: PyTree, batch: PyTree, key: Any, extra: PyTree,
+    with_state: bool,
 ) -> None:
-    """Trace ``loss_fn`` once abstractly and check it returns ``(scalar, dict)``."""
-    out = jax.eval_shape(lambda p, b, k: loss_fn(eqx.combine(p, static), b, k), params, batch, key)
-    ok = isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)
+    """Trace ``loss_fn`` once abstractly and check it returns ``(scalar, dict[, aux])``."""
+    def call(p, b, k, e):
+        return loss_fn(eqx.combine(p, static), b, k, *((e,) if with_state else ()))
+
+    out = jax.eval_shape(call, params, batch, key, extra)
+    ok = isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[1], Mapping)
     if not ok or getattr(out[0], "shape", None) != ():
         raise ConfigError(
-            "loss_fn(params, batch, key) must return (scalar loss, dict of metrics); got "
-            f"{jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', out)}."
+            "loss_fn(params, batch, key) must return (scalar loss, dict of metrics) or (scalar "
+            f"loss, dict of metrics, aux); got {jax.tree.map(lambda x: f'{x.dtype}{list(x.shape)}', out)}."
         )
 
 

@@ -13,7 +13,10 @@ whose template gives the placement) every leaf is committed:
   a multi-device run) is replicated over the same devices as the parameters.
 
 On one device all of this is a no-op apart from marking arrays committed; on a mesh it
-keeps every argument on one device set, which ``jit`` requires.
+keeps every argument on one device set, which ``jit`` requires. With several processes
+(``jax.distributed``), a host value is replicated by having every process supply its
+own copy for its own devices (the values are the same everywhere: they come from the
+same seed and configuration).
 """
 
 from __future__ import annotations
@@ -51,10 +54,20 @@ def commit(tree: PyTree, replicated: jax.sharding.Sharding | None) -> PyTree:
         if isinstance(x, jax.Array) and len(x.sharding.device_set) == n_devices:
             return jax.device_put(x, x.sharding)
         if isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex)):
+            if not replicated.is_fully_addressable:
+                return _replicate_across_processes(x, replicated)
             return jax.device_put(x, replicated)  # jit would make Python numbers arrays anyway
         return x
 
     return jax.tree.map(place, tree)
+
+
+def _replicate_across_processes(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global array from a value every process holds (PRNG keys through their data)."""
+    is_key = isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+    host = np.asarray(jax.random.key_data(x) if is_key else x)
+    out = jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.random.wrap_key_data(out, impl=jax.random.key_impl(x)) if is_key else out
 
 
 def copy_arrays(tree: PyTree) -> PyTree:

@@ -5,9 +5,10 @@ import jax
 import optax
 import pytest
 from _circuits_helpers import hand_built_model
-from jaxinterp.interp.ioi import ioi_batch, ioi_config, ioi_loss
 
 import jaxinterp as ji
+from jaxinterp.data.ioi import ioi_batch
+from jaxinterp.recipes.ioi import ioi_config, ioi_loss
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+"""Benchmark: the streamed feature analysis against the forward passes it needs.
+
+One process, one model and one SAE, interleaved rounds (each timed call blocks; the
+first call of each, which compiles, is reported apart):
+
+* ``forward``: per chunk, the model run up to the SAE's site and the SAE's sparse encode
+  (:func:`jaxinterp.features.sparse.sparse_encode`), reduced to a scalar so nothing is
+  skipped: the work every analysis must do at least.
+* ``analysis``: :func:`jaxinterp.features.analyze_features` over the same chunks (density,
+  top contexts with per-token windows, interval samples, histogram; co-occurrence off,
+  since a 16k x 16k count matrix is 1 GiB; logit effects and neighbours off: they read
+  weights, not tokens, and are timed once on their own as ``weights_seconds``).
+
+``ratio = analysis / forward`` per round (target <= 1.5). Memory: the process's peak
+resident set after each token count (``--tokens`` and a quarter of it): the pass keeps a
+state of fixed size, so it must not grow with the number of tokens.
+
+Run:  python experiments/benchmarks/bench_features.py --tokens 1048576 --d-sae 16384
+The last line printed is a JSON object with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxinterp as ji
+from jaxinterp.features import AnalysisSettings, analyze_features, logit_effects, nearest_features
+from jaxinterp.features.analysis import site_input
+from jaxinterp.features.sparse import sparse_encode
+from jaxinterp.sae import SAEConfig, init_sae
+
+SITE = "blocks.0.mlp.hook_post"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", type=int, default=1 << 20)
+    p.add_argument("--d-sae", type=int, default=16384)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=64, help="sequences per chunk")
+    p.add_argument("--repeats", type=int, default=2)
+    a = p.parse_args()
+
+    cfg = ji.gpt2_config(d_model=128, n_layers=1, n_heads=4, d_mlp=512, d_vocab=4096, n_ctx=a.seq_len)
+    model = ji.init_transformer(cfg, jax.random.key(0))
+    sae = init_sae(SAEConfig(d_in=512, d_sae=a.d_sae, architecture="topk", k=a.k, hook_name=SITE), jax.random.key(1))
+    n_seq = a.tokens // a.seq_len
+    tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (n_seq, a.seq_len), dtype=np.int32)
+    settings = AnalysisSettings(cooccurrence=False)
+
+    @jax.jit
+    def forward(model, sae, toks):
+        x = site_input(model, toks, SITE)
+        val, idx, n_active, _ = sparse_encode(sae, x.reshape(-1, x.shape[-1]), settings.max_active)
+        return val.sum() + idx.sum() + n_active.sum()
+
+    def run_forward(toks: np.ndarray) -> None:
+        total = 0.0
+        for i in range(0, len(toks), a.batch):
+            total += forward(model, sae, jnp.asarray(toks[i:i + a.batch]))
+        jax.block_until_ready(total)
+
+    def run_analysis(toks: np.ndarray) -> None:
+        analyze_features(model, sae, toks, batch_size=a.batch, settings=settings, logits=False, neighbours=0)
+
+    def timed(fn, toks) -> float:
+        t = time.perf_counter()
+        fn(toks)
+        return time.perf_counter() - t
+
+    small = tokens[: max(n_seq // 4, a.batch)]
+    out: dict = {"tokens": int(n_seq * a.seq_len), "d_sae": a.d_sae, "k": a.k, "d_in": 512,
+                 "chunk_tokens": a.batch * a.seq_len, "devices": str(jax.devices()[0])}
+    out["forward_first"] = timed(run_forward, small)
+    out["analysis_first"] = timed(run_analysis, small)
+    out["rss_mb_after_quarter"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fwd, ana = [], []
+    for _ in range(a.repeats):
+        fwd.append(timed(run_forward, tokens))
+        ana.append(timed(run_analysis, tokens))
+    out["rss_mb_after_full"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    logit_effects(model, sae)
+    nearest_features(sae, 8)
+    out["weights_seconds"] = time.perf_counter() - t
+    out["forward_seconds"] = fwd
+    out["analysis_seconds"] = ana
+    out["ratios"] = [x / y for x, y in zip(ana, fwd, strict=True)]
+    out["ratio_median"] = statistics.median(out["ratios"])
+    out["forward_tokens_per_s"] = out["tokens"] / statistics.median(fwd)
+    out["analysis_tokens_per_s"] = out["tokens"] / statistics.median(ana)
+    print(f"forward {out['forward_tokens_per_s']:,.0f} tok/s, analysis {out['analysis_tokens_per_s']:,.0f} tok/s, "
+          f"ratio {out['ratio_median']:.2f} (rounds {[round(r, 2) for r in out['ratios']]}); peak RSS "
+          f"{out['rss_mb_after_quarter']:.0f} MB after {len(small) * a.seq_len:,} tokens, "
+          f"{out['rss_mb_after_full']:.0f} MB after {out['tokens']:,}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
