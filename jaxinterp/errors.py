@@ -23,6 +23,18 @@ class ShapeError(JaxinterpError, ValueError):
     """An array has the wrong shape, rank or dtype."""
 
 
+class IndexRangeError(JaxinterpError, IndexError):
+    """A layer, position, head, neuron or feature index outside its range.
+
+    Concrete indices are never wrapped modulo a size: out of range raises this, and a
+    negative index counts from the end as in Python.
+    """
+
+
+class ArgumentTypeError(JaxinterpError, TypeError):
+    """An argument of the wrong kind (a tuple where an intervention was expected...)."""
+
+
 class TokenError(JaxinterpError, ValueError):
     """Token ids out of range, or a sequence longer than the model context."""
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxinterp.errors import ShapeError
+from jaxinterp.errors import IndexRangeError, ShapeError
 
 
 class Entry(NamedTuple):
@@ -98,7 +98,7 @@ class NamedArray:
         for axis, i in index.items():
             n = self.sizes()[axis]
             if not isinstance(i, int | np.integer) or not -n <= int(i) < n:
-                raise ShapeError(f"index {i!r} is out of range for axis {axis!r} of size {n}")
+                raise IndexRangeError(f"index {i!r} is out of range for axis {axis!r} of size {n}")
         key = tuple(index.get(a, slice(None)) for a in self.axes)
         kept = tuple(a for a in self.axes if a not in index)
         return NamedArray(self.values[key], kept,

@@ -2,10 +2,12 @@
 
 import json
 import math
+import re
 
 import pytest
 
 from jaxinterp import cli
+from jaxinterp.errors import ConfigError
 from jaxinterp.recipes.lm import LMConfig, load_model
 
 
@@ -29,9 +31,9 @@ def test_experiment_list(capsys):
     assert "train-lm" in capsys.readouterr().out
 
 
-def test_unknown_experiment_is_a_clear_error():
-    with pytest.raises(Exception, match="Unknown experiment 'trian-lm'.*train-lm"):
-        cli.main(["experiment", "trian-lm"])
+def test_unknown_experiment_is_a_clear_error(capsys):
+    assert cli.main(["experiment", "trian-lm"]) == 2
+    assert re.search("error: Unknown experiment 'trian-lm'.*train-lm", capsys.readouterr().err)
 
 
 def test_build_config_overrides_and_rejects_unknown(tmp_path):
@@ -42,7 +44,7 @@ def test_build_config_overrides_and_rejects_unknown(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"d_modle": 3}))
     args, _ = parser.parse_known_args(["train", "--config", str(bad)])
-    with pytest.raises(SystemExit, match="d_modle"):
+    with pytest.raises(ConfigError, match="d_modle"):
         cli.build_config(LMConfig, args)
 
 

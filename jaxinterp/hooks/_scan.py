@@ -33,6 +33,7 @@ from jaxinterp.hooks._core import (
     _state,
     layer_scope,
 )
+from jaxinterp.hooks._jax_internals import is_eager, jaxpr_key
 
 
 @contextlib.contextmanager
@@ -107,7 +108,7 @@ def scan_layers(
         return jax.lax.scan(fn, carry, xs, unroll=unroll)
 
     with jax.disable_jit(False) if inline else contextlib.nullcontext():
-        eager = _is_eager() and not jax.config.jax_disable_jit
+        eager = is_eager() and not jax.config.jax_disable_jit
         carry, (ys, emitted) = (_call_cached if eager else _call)(run, carry, layer_params, extra)
     for key, stacked in emitted.items():
         handler, layers, site = receivers[key]
@@ -121,17 +122,13 @@ _EAGER_LOCK = threading.Lock()
 _EAGER_MAX = 32
 
 
-def _is_eager() -> bool:
-    return type(_current_trace()).__name__ == "EvalTrace"
-
-
 def _call(f: Callable, *args: Any) -> Any:
     return f(*args)
 
 
 def _call_cached(f: Callable, *args: Any) -> Any:
     closed, shapes = jax.make_jaxpr(f, return_shape=True)(*args)
-    key = str(closed.jaxpr)
+    key = jaxpr_key(closed)
     with _EAGER_LOCK:
         compiled = _EAGER_CACHE.pop(key, None)
         if compiled is None:

@@ -53,12 +53,74 @@ class Cache(Mapping):
         self._index = dict(index)
 
     # Mapping -----------------------------------------------------------------------
-    def __getitem__(self, name: str) -> jax.Array:
+    def __getitem__(self, name: str | tuple) -> jax.Array:
+        """By full name (``"blocks.0.hook_resid_pre"``) or TransformerLens-style
+        ``(short name, layer[, layer type])``: ``cache["resid_pre", 0]``,
+        ``cache["pattern", -1]``, ``cache["scale", 2, "ln1"]``, ``cache["embed"]``."""
+        if isinstance(name, tuple):
+            name = self.resolve(*name)
+        if name not in self._index:
+            if isinstance(name, str) and "." not in name:
+                try:
+                    name = self.resolve(name)
+                except KeyError:
+                    raise self._missing(name) from None
+            else:
+                raise self._missing(name)
         key, pos, ndim = self._index[name]
         value = self._store[key]
         if pos is None:
             return value
         return jax.lax.index_in_dim(value, pos, axis=value.ndim - ndim - 1, keepdims=False)
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def _missing(self, name: Any) -> KeyError:
+        from jaxinterp.errors import HookNameError, unknown_name_message
+
+        if not isinstance(name, str):
+            return HookNameError(f"cache keys are hook names or (name, layer) tuples, got {name!r}")
+        msg = unknown_name_message("cache entry", name, list(self._index))
+        return HookNameError(msg + " (only the names asked for in run_with_cache(names=...) are kept)")
+
+    def resolve(self, short: str, layer: int | None = None, layer_type: str | None = None) -> str:
+        """The full name in this cache of a short name (see :meth:`__getitem__`).
+
+        ``layer`` may be negative (counted from the last layer present in the cache).
+        """
+        from jaxinterp.errors import HookNameError, IndexRangeError
+
+        if short.startswith("hook_") or "." in short:
+            tail = short.rsplit(".", 1)[-1]
+        else:
+            tail = "hook_" + {"attn": "pattern", "attn_logits": "attn_scores"}.get(short, short)
+        if layer_type is not None:
+            tail = f"{layer_type}.{tail}"
+        if layer is None:
+            hits = [n for n in self._index if n == tail or (n.endswith("." + tail) and not n.startswith("blocks."))]
+        else:
+            layers = sorted({int(n.split(".")[1]) for n in self._index
+                             if n.startswith("blocks.") and n.split(".")[1].isdigit()})
+            if not layers:
+                raise HookNameError(f"the cache holds no per-layer activations; it has {list(self._index)[:6]}")
+            n = layers[-1] + 1
+            if not isinstance(layer, int) or not -n <= layer < n:
+                raise IndexRangeError(f"layer {layer!r} is out of range for this cache (layers 0..{n - 1})")
+            layer %= n
+            hits = [k for k in self._index if k.startswith(f"blocks.{layer}.")
+                    and (k.endswith("." + tail) or k == f"blocks.{layer}.{tail}")]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            where = "" if layer is None else f" at layer {layer}"
+            raise HookNameError(f"no cached activation {short!r}{where}; the cache has "
+                                f"{', '.join(list(self._index)[:8])}{' ...' if len(self) > 8 else ''}")
+        raise HookNameError(f"{short!r} is ambiguous in this cache ({hits}); pass the layer type, "
+                            f"e.g. cache[{short!r}, layer, 'ln1'], or the full name")
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -67,6 +129,11 @@ class Cache(Mapping):
         return len(self._index)
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, tuple):
+            try:
+                name = self.resolve(*name)
+            except (KeyError, IndexError):
+                return False
         return name in self._index
 
     def __repr__(self) -> str:

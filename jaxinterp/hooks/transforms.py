@@ -35,10 +35,19 @@ from typing import Any
 
 import jax
 
-from jaxinterp.errors import HookNameError, unknown_name_message
+from jaxinterp.errors import ArgumentTypeError, HookNameError, IndexRangeError, unknown_name_message
 from jaxinterp.hooks._core import Handler, Site, handler_scope, inline_jit_scope
 from jaxinterp.hooks.cache import Cache
-from jaxinterp.hooks.interventions import Intervention, add, edit, hook_axes, patch
+from jaxinterp.hooks.interventions import (
+    Intervention,
+    add,
+    concrete_layer,
+    edit,
+    layer_in_name,
+    patch,
+    with_layer_count,
+)
+from jaxinterp.hooks.tl_hooks import FwdHooks, from_fwd_hooks
 
 NameSpec = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -58,7 +67,7 @@ def _patterns(spec: NameSpec) -> list[str]:
     patterns = [spec] if isinstance(spec, str) else list(spec)
     for p in patterns:
         if not isinstance(p, str):
-            raise TypeError(f"hook names must be strings, got {type(p).__name__}: {p!r}")
+            raise ArgumentTypeError(f"hook names must be strings, got {type(p).__name__}: {p!r}")
     return patterns
 
 
@@ -137,15 +146,59 @@ class _Intervene(_Recorder):
     def __init__(self, interventions: Sequence[Intervention]):
         super().__init__()
         self.interventions = list(interventions)
+        self.applied = [False] * len(self.interventions)
 
     def wants(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, iv.name) for iv in self.interventions)
 
     def handle(self, site, x, frames_above):
         self.note(site)
-        for iv in self.interventions:
-            x = iv.apply(site, x)
+        for i, iv in enumerate(self.interventions):
+            x, hit = iv.apply(site, x)
+            self.applied[i] |= hit
         return x
+
+
+def _as_interventions(interventions: Any) -> list[Intervention]:
+    """A list of interventions from one intervention, a list/tuple of them, or None."""
+    if interventions is None:
+        return []
+    if isinstance(interventions, Intervention):
+        return [interventions]
+    if isinstance(interventions, Sequence) and not isinstance(interventions, str):
+        out = list(interventions)
+        for iv in out:
+            if not isinstance(iv, Intervention):
+                hint = (" (a (name, function) pair is a TransformerLens hook: pass it as "
+                        "fwd_hooks=[(name, fn)])" if isinstance(iv, tuple) else "")
+                raise ArgumentTypeError(f"interventions must be ji.Intervention objects (from ji.patch, "
+                                f"ji.add, ji.edit), got {type(iv).__name__}{hint}")
+        return out
+    raise ArgumentTypeError(f"interventions must be an Intervention or a list of them, got "
+                    f"{type(interventions).__name__}")
+
+
+def _layered(iv: Intervention, names: Iterable[str]) -> Intervention:
+    """``iv`` with its layer resolved against the layers of the hooks its pattern matches."""
+    if iv.layer is None:
+        return iv
+    layers = {layer_in_name(n) for n in names if fnmatch.fnmatchcase(n, iv.name)} - {None}
+    if not layers:
+        raise HookNameError(f"layer= was given, but {iv.name!r} matches no hook inside a layer "
+                            "(names like blocks.3.hook_resid_pre); drop layer= or use a layered pattern")
+    return with_layer_count(iv, max(layers) + 1)
+
+
+def _check_applied(handler: _Intervene) -> None:
+    """A concrete layer that never met a hook of its pattern is an error, not a no-op."""
+    for iv, hit in zip(handler.interventions, handler.applied, strict=True):
+        layer = concrete_layer(iv)
+        if layer is not None and not hit:
+            reached = sorted({layer_in_name(n) for n in handler.seen
+                              if fnmatch.fnmatchcase(n, iv.name)} - {None})
+            span = f"{reached[0]}..{reached[-1]}" if reached else "none"
+            raise IndexRangeError(f"layer={layer} of the intervention on {iv.name!r} never applied: "
+                                  f"the hooks reached for that pattern have layers {span}")
 
 
 def _known_names(fn: Any) -> list[str] | None:
@@ -170,31 +223,42 @@ def _validate(patterns: Iterable[str], valid: Iterable[str], after_run: bool = F
             raise HookNameError(msg)
 
 
-def run_with_hooks(fn: Callable, *args: Any, interventions: Sequence[Intervention] = (),
-                   names: NameSpec | bool = False, inline_jit: bool = False, **kwargs: Any) -> Any:
+def run_with_hooks(fn: Callable, *args: Any, interventions: Any = (), names: NameSpec | bool = False,
+                   fwd_hooks: FwdHooks = (), inline_jit: bool = False, **kwargs: Any) -> Any:
     """Calls ``fn(*args, **kwargs)`` with ``interventions`` applied at their hook points.
 
     Args:
       fn: the model or any function whose code calls :func:`jaxinterp.hooks.hook`.
-      interventions: applied in order at every matching hook (later ones see earlier ones'
-        results).
+      interventions: an :class:`Intervention` or a list of them, applied in order at every
+        matching hook (later ones see earlier ones' results).
       names: anything but ``False`` also captures those activations (as in
         :func:`run_with_cache`), after the interventions, and returns ``(output, cache)``.
+      fwd_hooks: TransformerLens-style ``[(name or predicate, hook_fn)]``; each
+        ``hook_fn(activation, hook)`` returns the new activation (or None to keep it) and
+        reads ``hook.name``/``hook.layer()``. They run after ``interventions``.
       inline_jit: run ``fn`` under ``jax.disable_jit()`` so hooks inside its inner
         ``jax.jit`` calls work (see the module docstring).
 
     Returns:
       ``fn``'s output, or ``(output, cache)`` when ``names`` is given.
+
+    Raises:
+      HookNameError: a name or pattern matches no hook of ``fn``.
+      IndexRangeError: a concrete ``layer``/``pos``/``head`` outside its range.
     """
-    interventions = list(interventions)
-    for iv in interventions:
-        if not isinstance(iv, Intervention):
-            raise TypeError(f"interventions must be ji.Intervention objects, got {type(iv).__name__}")
+    interventions = _as_interventions(interventions)
     capture = names is not False
     known = _known_names(fn)
+    if known is None and (fwd_hooks or any(
+            (concrete_layer(iv) or 0) < 0 for iv in interventions)):
+        known_here = hook_names(fn, *args, inline_jit=inline_jit, **kwargs)
+    else:
+        known_here = known
+    interventions += from_fwd_hooks(fwd_hooks, known_here)
     wanted = [iv.name for iv in interventions] + (_patterns(names) if capture else [])
-    if known is not None:
-        _validate(wanted, known)
+    if known_here is not None:
+        _validate(wanted, known_here)
+        interventions = [_layered(iv, known_here) for iv in interventions]
     inner, outer = _Intervene(interventions), _Capture(names if capture else (lambda n: False))
     with handler_scope(outer), handler_scope(inner):
         with inline_jit_scope() if inline_jit else contextlib.nullcontext():
@@ -203,9 +267,13 @@ def run_with_hooks(fn: Callable, *args: Any, interventions: Sequence[Interventio
         _validate(wanted, outer.seen, after_run=True)
         if not outer.seen and capture and not wanted:
             warnings.warn("run_with_cache reached no hook point." + _NOTHING_REACHED, stacklevel=2)
+    inner.seen = outer.seen
+    _check_applied(inner)
     if not capture:
         return out
-    return out, _ordered(outer)
+    cache = _ordered(outer)
+    wrap = getattr(fn, "wrap_cache", None)  # a model may bind itself to its cache
+    return out, (wrap(cache) if callable(wrap) else cache)
 
 
 def run_with_cache(fn: Callable, *args: Any, names: NameSpec = None, inline_jit: bool = False,
@@ -238,6 +306,5 @@ def hook_names(fn: Callable, *args: Any, inline_jit: bool = False, **kwargs: Any
 
 
 __all__ = [
-    "Cache", "Intervention", "add", "edit", "hook_axes", "hook_names", "patch",
-    "run_with_cache", "run_with_hooks",
+    "Cache", "Intervention", "add", "edit", "hook_names", "patch", "run_with_cache", "run_with_hooks",
 ]

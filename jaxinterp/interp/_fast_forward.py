@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from jaxinterp.hooks import Handler, handler_scope, hook, run_with_cache
+from jaxinterp.hooks import Handler, handler_scope, run_with_cache
 from jaxinterp.interp.metrics import batch_mean
 from jaxinterp.models import components as C
+from jaxinterp.models.hook_specs import spec, tag
 from jaxinterp.models.transformer import (
     HookedTransformer,
     embed,
@@ -162,7 +163,7 @@ def _patch_fn(suffix: str, src: Array, plan: dict, j: Array, q_pos, q_seg, mask:
         else:
             new = _gather_tokens(src, q_pos)
             m = sel[:, None, :]
-            if suffix in ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z"):
+            if spec(suffix).axis("head") is not None:
                 heads = jnp.arange(xs.shape[3])
                 m = m[..., None] & ((want_head[:, None, :, None] < 0) | (heads == want_head[:, None, :, None]))
             m = m.reshape(m.shape + (1,) * (xs.ndim - m.ndim))
@@ -173,15 +174,15 @@ def _patch_fn(suffix: str, src: Array, plan: dict, j: Array, q_pos, q_seg, mask:
 
 def keys_values(cfg, p: C.BlockParams, x: Float[Array, "b t d"], positions: Int[Array, "b t"]):
     """``(resid_pre, keys, values)`` as ``components.block`` computes them (same hooks, maths)."""
-    x = hook("hook_resid_pre", x)
+    x = tag("hook_resid_pre", x)
     xn = C.normalize(cfg, p.ln1, x, "ln1")
     a = p.attn
     k = jnp.einsum("bkd,gde->bkge", xn, a.W_K)
-    k = hook("attn.hook_k", k if a.b_K is None else k + a.b_K)
+    k = tag("attn.hook_k", k if a.b_K is None else k + a.b_K)
     v = jnp.einsum("bkd,gde->bkge", xn, a.W_V)
-    v = hook("attn.hook_v", v if a.b_V is None else v + a.b_V)
+    v = tag("attn.hook_v", v if a.b_V is None else v + a.b_V)
     if cfg.positional_embedding_type == "rotary":
-        k = hook("attn.hook_rot_k", C.rotary(cfg, k, positions))
+        k = tag("attn.hook_rot_k", C.rotary(cfg, k, positions))
     return x, k, v
 
 

@@ -13,28 +13,32 @@ import itertools
 
 import numpy as np
 
-from jaxinterp.errors import HookNameError, ShapeError, unknown_name_message
+from jaxinterp.errors import HookNameError, ShapeError
+from jaxinterp.models.hook_specs import BY_ALIAS, spec
 
-# component -> (hook suffix inside a block, has a head axis)
+# The activations a sweep can patch, by their TransformerLens short names.
+_SWEPT = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "result", "q", "k", "v",
+          "pattern")
+# component -> (hook suffix inside a block, has a head axis), read from the hook registry
 COMPONENTS: dict[str, tuple[str, bool]] = {
-    "resid_pre": ("hook_resid_pre", False),
-    "resid_mid": ("hook_resid_mid", False),
-    "resid_post": ("hook_resid_post", False),
-    "attn_out": ("hook_attn_out", False),
-    "mlp_out": ("hook_mlp_out", False),
-    "z": ("attn.hook_z", True),
-    "q": ("attn.hook_q", True),
-    "k": ("attn.hook_k", True),
-    "v": ("attn.hook_v", True),
-    "pattern": ("attn.hook_pattern", True),
-}
+    c: (BY_ALIAS[c].name, BY_ALIAS[c].axis("head") is not None) for c in _SWEPT}
 BY = {False: (("layer", "pos"), ("layer",)), True: (("layer", "head"), ("layer", "head", "pos"))}
+
+
+def unknown_component(component: str) -> HookNameError:
+    """The error for a name that is not a component, pointing at the one meant."""
+    meant = spec(component) or spec(f"attn.{component}") or spec(f"mlp.{component}")
+    hint = ""
+    if meant is not None and meant.alias in COMPONENTS:
+        hint = f" {component!r} is the hook {meant.name!r}: its component is {meant.alias!r}."
+    return HookNameError(f"Unknown component {component!r}.{hint} Valid components: "
+                         f"{', '.join(COMPONENTS)}.")
 
 
 def resolve(component: str, by: tuple[str, ...] | None, hook_names: list[str]) -> tuple[str, tuple[str, ...]]:
     """Checks ``component`` and ``by``; returns ``(hook suffix, by)``."""
     if component not in COMPONENTS:
-        raise HookNameError(unknown_name_message("component", component, COMPONENTS))
+        raise unknown_component(component)
     suffix, headed = COMPONENTS[component]
     if f"blocks.0.{suffix}" not in hook_names:
         raise HookNameError(f"this model has no {component!r} activation (hook {suffix!r}); "

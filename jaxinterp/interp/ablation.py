@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from jaxinterp.errors import HookNameError, ShapeError, unknown_name_message
@@ -88,10 +89,10 @@ def ablate_heads(model: HookedTransformer, heads: Sequence[tuple[int, int]], *, 
     """Ablates the output (``z``) of each ``(layer, head)``."""
     cfg, out = model.cfg, []
     for layer, head in heads:
-        check_index("layer", layer, cfg.n_layers, "n_layers")
-        check_index("head", head, cfg.n_heads, "n_heads")
-        mask = (jnp.arange(cfg.n_heads) == head % cfg.n_heads)[:, None]  # [H, 1] over [.., H, e]
-        out.append(_ablation(model, f"blocks.{layer % cfg.n_layers}.attn.hook_z", mask, method,
+        layer = check_index("layer", layer, cfg.n_layers, "n_layers")
+        head = check_index("head", head, cfg.n_heads, "n_heads")
+        mask = (jnp.arange(cfg.n_heads) == head)[:, None]  # [H, 1] over [.., H, e]
+        out.append(_ablation(model, f"blocks.{layer}.attn.hook_z", mask, method,
                              reference, key, per_position, attention_mask))
     return out
 
@@ -105,9 +106,8 @@ def ablate_neurons(model: HookedTransformer, neurons: Sequence[tuple[int, int]],
         raise ShapeError("this model has no MLP neurons")
     by_layer: dict[int, list[int]] = {}
     for layer, neuron in neurons:
-        check_index("layer", layer, cfg.n_layers, "n_layers")
-        check_index("neuron", neuron, cfg.d_mlp, "d_mlp")
-        by_layer.setdefault(layer % cfg.n_layers, []).append(neuron % cfg.d_mlp)
+        layer = check_index("layer", layer, cfg.n_layers, "n_layers")
+        by_layer.setdefault(layer, []).append(check_index("neuron", neuron, cfg.d_mlp, "d_mlp"))
     return [_ablation(model, f"blocks.{layer}.mlp.hook_post", jnp.isin(jnp.arange(cfg.d_mlp), jnp.asarray(ns)),
                       method, reference, key, per_position, attention_mask)
             for layer, ns in by_layer.items()]
@@ -122,8 +122,8 @@ def ablate_layers(model: HookedTransformer, layers: Sequence[int], *, component:
         raise ValueError(f"component must be 'attn' or 'mlp', got {component!r}")
     out = []
     for layer in layers:
-        check_index("layer", layer, model.cfg.n_layers, "n_layers")
-        name = f"blocks.{layer % model.cfg.n_layers}.hook_{component}_out"
+        layer = check_index("layer", layer, model.cfg.n_layers, "n_layers")
+        name = f"blocks.{layer}.hook_{component}_out"
         _check_name(model, name)
         out.append(_ablation(model, name, jnp.asarray(True), method, reference, key, per_position, attention_mask))
     return out
@@ -187,18 +187,19 @@ def knockout_edges(model: HookedTransformer, layer: int, edges: Bool[ArrayLike, 
     loses every edge attends to nothing (its output is zero).
     """
     cfg = model.cfg
-    check_index("layer", layer, cfg.n_layers, "n_layers")
-    check_index("head", head, cfg.n_heads, "n_heads")
+    layer = check_index("layer", layer, cfg.n_layers, "n_layers")
+    head = check_index("head", head, cfg.n_heads, "n_heads")
     if isinstance(edges, Sequence) and not hasattr(edges, "shape"):
         if n_pos is None:
             raise ValueError("knockout_edges with (query, key) pairs needs n_pos")
-        mask = jnp.zeros((n_pos, n_pos), bool)
+        mask = np.zeros((n_pos, n_pos), bool)
         for q, k in edges:
-            mask = mask.at[q, k].set(True)
+            mask[check_index("query position", q, n_pos, "n_pos"), check_index("key position", k, n_pos, "n_pos")] = True
+        mask = jnp.asarray(mask)
     else:
         mask = jnp.asarray(edges, bool)
         if mask.ndim != 2:
             raise ShapeError(f"edges mask must be [query, key], got shape {mask.shape}")
-    heads = jnp.ones(cfg.n_heads, bool) if head is None else jnp.arange(cfg.n_heads) == head % cfg.n_heads
-    return edit(f"blocks.{layer % cfg.n_layers}.attn.hook_pattern", _Knockout(),
+    heads = jnp.ones(cfg.n_heads, bool) if head is None else jnp.arange(cfg.n_heads) == head
+    return edit(f"blocks.{layer}.attn.hook_pattern", _Knockout(),
                 {"edges": heads[:, None, None] & mask[None]})

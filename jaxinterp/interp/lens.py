@@ -18,17 +18,24 @@ each head's and MLP's share of the logit difference.
 
 from __future__ import annotations
 
+import fnmatch
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from jaxinterp.hooks import run_with_cache
+from jaxinterp.hooks.interventions import check_index
+from jaxinterp.interp.metrics import _ids
+from jaxinterp.models import residual
+from jaxinterp.models.loss import token_losses
+from jaxinterp.models.tokens import as_tokens
 from jaxinterp.models.transformer import HookedTransformer, check_tokens, unembed
 from jaxinterp.named import NamedArray
 
 
 def _cache(model: HookedTransformer, tokens, attention_mask, names):
-    tokens = jnp.asarray(tokens)
+    tokens = as_tokens(model, tokens)
     check_tokens(model.cfg, tokens, attention_mask)
     return run_with_cache(model, tokens, attention_mask, names=names)
 
@@ -37,14 +44,11 @@ def accumulated_resid(model: HookedTransformer, tokens: Int[ArrayLike, "batch po
                       attention_mask: Int[ArrayLike, "batch pos"] | None = None) -> NamedArray:
     """The residual stream before each layer and after the last: ``[layer+1, batch, pos, d_model]``."""
     L = model.cfg.n_layers
-    names = ["blocks.*.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post"] if L else ["hook_embed"]
+    names = ["blocks.*.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post"] if L else ["hook_embed", "hook_pos_embed"]
+    names = [n for n in names if any(fnmatch.fnmatchcase(h, n) for h in model.hook_names())]
     _, cache = _cache(model, tokens, attention_mask, names)
-    if L == 0:
-        x = model(jnp.asarray(tokens), attention_mask, return_type="resid")
-        return NamedArray(x[None], ("layer", "batch", "pos", "d_model"), {"layer": ["final_post"]})
-    stack = [cache[f"blocks.{i}.hook_resid_pre"] for i in range(L)] + [cache[f"blocks.{L - 1}.hook_resid_post"]]
-    labels = [f"{i}_pre" for i in range(L)] + ["final_post"]
-    return NamedArray(jnp.stack(stack), ("layer", "batch", "pos", "d_model"), {"layer": labels})
+    stack = residual.accumulated_resid(cache, model)
+    return NamedArray(stack.values, ("layer", "batch", "pos", "d_model"), {"layer": stack.labels["component"]})
 
 
 def logit_lens(model: HookedTransformer, tokens: Int[ArrayLike, "batch pos"], *, pos: int | None = None,
@@ -69,30 +73,10 @@ def decompose_resid(model: HookedTransformer, tokens: Int[ArrayLike, "batch pos"
     Components: ``embed``, ``pos_embed`` (learned positions), then ``{l}_attn_out`` and
     ``{l}_mlp_out`` per layer. They sum to the final residual stream.
     """
-    cfg = model.cfg
     names = ["hook_embed", "hook_pos_embed", "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"]
-    names = [n for n in names if any(n.replace("*", "0") == h for h in model.hook_names())]
+    names = [n for n in names if any(fnmatch.fnmatchcase(h, n) for h in model.hook_names())]
     _, cache = _cache(model, tokens, attention_mask, names)
-    parts, labels = [cache["hook_embed"]], ["embed"]
-    if "hook_pos_embed" in cache:
-        parts.append(cache["hook_pos_embed"])
-        labels.append("pos_embed")
-    for i in range(cfg.n_layers):
-        for kind in ("attn_out", "mlp_out"):
-            if f"blocks.{i}.hook_{kind}" in cache:
-                parts.append(cache[f"blocks.{i}.hook_{kind}"])
-                labels.append(f"{i}_{kind}")
-    return NamedArray(jnp.stack(parts), ("component", "batch", "pos", "d_model"), {"component": labels})
-
-
-def _final_scale(model: HookedTransformer, final: Float[Array, "b d"]) -> tuple[Array, bool]:
-    """The final norm's per-example scale ``[b, 1]`` and whether it centres (LayerNorm)."""
-    cfg = model.cfg
-    if not cfg.final_norm or cfg.normalization_type is None:
-        return jnp.ones(final.shape[:-1] + (1,)), False
-    centre = cfg.normalization_type == "LN"
-    x = final - final.mean(-1, keepdims=True) if centre else final
-    return jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps), centre
+    return residual.decompose_resid(cache, model)
 
 
 def direct_logit_attribution(model: HookedTransformer, tokens: Int[ArrayLike, "batch pos"],
@@ -106,28 +90,31 @@ def direct_logit_attribution(model: HookedTransformer, tokens: Int[ArrayLike, "b
     ``attrs["total"]``, the model's own ``logit[correct] - logit[incorrect]``.
     """
     cfg = model.cfg
-    names = ["hook_embed", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out", "hook_pos_embed"]
-    names = [n for n in names if any(n.replace("*", "0") == h for h in model.hook_names())]
+    L = cfg.n_layers
+    names = ["hook_embed", "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out", "hook_pos_embed",
+             f"blocks.{L - 1}.hook_resid_post"]
+    names = [n for n in names if any(fnmatch.fnmatchcase(h, n) for h in model.hook_names())]
     logits, cache = _cache(model, tokens, attention_mask, names)
+    batch, n_pos = logits.shape[:2]
+    pos = int(check_index("position", pos, n_pos, f"prompts of {n_pos} tokens"))
     W_U = model.unembed_matrix
-    correct = jnp.asarray(correct)
+    correct = jnp.broadcast_to(_ids("correct", correct), (batch,))
     direction = W_U[:, correct].T  # [b, d]
     if incorrect is not None:
-        direction = direction - W_U[:, jnp.asarray(incorrect)].T
-    final = model(jnp.asarray(tokens), attention_mask, return_type="resid")[:, pos]
-    scale, centre = _final_scale(model, final)
+        incorrect = jnp.broadcast_to(_ids("incorrect", incorrect), (batch,))
+        direction = direction - W_U[:, incorrect].T
+    final = residual.final_resid(cache, model)[:, pos]
     w = model.ln_final.w if (cfg.final_norm and model.ln_final is not None and model.ln_final.w is not None) else 1.0
 
-    def read(x: Float[Array, "... b d"]) -> Float[Array, "... b"]:
-        x = x - x.mean(-1, keepdims=True) if centre else x
-        return jnp.einsum("...bd,bd->...b", x / scale * w, direction)
+    def read(x: Float[Array, "... b d"]) -> Float[Array, "... b"]:  # through the final norm
+        normed = residual.normalize_like_final(model, x, final)
+        return jnp.einsum("...bd,bd->...b", normed * w, direction)
 
     lg = logits[:, pos]
     total = jnp.take_along_axis(lg, correct[:, None], 1)[:, 0]
     if incorrect is not None:
-        total = total - jnp.take_along_axis(lg, jnp.asarray(incorrect)[:, None], 1)[:, 0]
+        total = total - jnp.take_along_axis(lg, incorrect[:, None], 1)[:, 0]
     attrs = {"total": float(total.mean())}
-    L = cfg.n_layers
     z = jnp.stack([cache[f"blocks.{i}.attn.hook_z"][:, pos] for i in range(L)]) if L else None
     out: dict[str, NamedArray] = {}
     if L:
@@ -148,7 +135,7 @@ def direct_logit_attribution(model: HookedTransformer, tokens: Int[ArrayLike, "b
     if cfg.final_norm and model.ln_final is not None and model.ln_final.b is not None:
         bias = bias + direction @ model.ln_final.b
     if model.b_U is not None:
-        b_u = model.b_U[correct] - (0 if incorrect is None else model.b_U[jnp.asarray(incorrect)])
+        b_u = model.b_U[correct] - (0 if incorrect is None else model.b_U[incorrect])
         bias = bias + b_u
     other.append(bias.mean())
     labels.append("final_bias")
@@ -159,8 +146,7 @@ def direct_logit_attribution(model: HookedTransformer, tokens: Int[ArrayLike, "b
 def per_token_loss(model: HookedTransformer, tokens: Int[ArrayLike, "batch pos"], *,
                    attention_mask: Int[ArrayLike, "batch pos"] | None = None) -> Float[Array, "batch pos_minus_1"]:
     """Next-token cross-entropy at every position: entry ``p`` is the loss of predicting ``tokens[p+1]``."""
-    tokens = jnp.asarray(tokens)
+    tokens = as_tokens(model, tokens)
     check_tokens(model.cfg, tokens, attention_mask)
-    logp = jax.nn.log_softmax(model(tokens, attention_mask)[:, :-1].astype(jnp.float32), -1)
-    return -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    return token_losses(model(tokens, attention_mask), tokens)
 

@@ -21,21 +21,32 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from jaxinterp.errors import ShapeError
+from jaxinterp.errors import ArgumentTypeError, ShapeError
+from jaxinterp.hooks.interventions import check_index
+from jaxinterp.models.loss import token_losses
 
 Metric = Callable[[Float[Array, "batch pos d_vocab"]], Float[Array, " batch"]]
 
 
 def _at(logits: Float[Array, "batch pos d_vocab"], pos: int | Array) -> Float[Array, "batch d_vocab"]:
+    """Logits at ``pos`` (an int, or one position per example). A concrete position out of
+    range raises; a traced one reads NaN there rather than a wrong position."""
+    n = logits.shape[1]
     if isinstance(pos, int):
-        return logits[:, pos]
-    return logits[jnp.arange(logits.shape[0]), pos % logits.shape[1]]
+        return logits[:, int(check_index("position", pos, n, f"logits with {n} positions"))]
+    pos = jnp.broadcast_to(jnp.asarray(check_index("position", pos, n, f"logits with {n} positions")),
+                           logits.shape[:1])
+    return jnp.take_along_axis(logits, pos[:, None, None], axis=1, mode="fill", fill_value=jnp.nan)[:, 0]
 
 
-def _pick(x: Float[Array, "batch d_vocab"], tokens: Int[Array, " batch"]) -> Float[Array, " batch"]:
-    return jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
+def _pick(x: Float[Array, "batch d_vocab"], tokens: Int[Array, "..."]) -> Float[Array, " batch"]:
+    """``x[i, tokens[i]]``; one token id (an int) applies to every example."""
+    tokens = jnp.broadcast_to(jnp.asarray(check_index("token id", tokens, x.shape[-1], "the vocabulary")),
+                              x.shape[:1])
+    return jnp.take_along_axis(x, tokens[:, None], axis=-1, mode="fill", fill_value=jnp.nan)[:, 0]
 
 
 class LogitDiff(eqx.Module):
@@ -46,7 +57,7 @@ class LogitDiff(eqx.Module):
     pos: int | Int[Array, " batch"] = -1
 
     def read_positions(self, n_pos: int) -> tuple[int, ...] | None:
-        return (self.pos % n_pos,) if isinstance(self.pos, int) else None
+        return _read(self.pos, n_pos)
 
     def __call__(self, logits: Float[Array, "batch pos d_vocab"]) -> Float[Array, " batch"]:
         last = _at(logits, self.pos).astype(jnp.float32)
@@ -60,7 +71,7 @@ class TokenProb(eqx.Module):
     pos: int | Int[Array, " batch"] = -1
 
     def read_positions(self, n_pos: int) -> tuple[int, ...] | None:
-        return (self.pos % n_pos,) if isinstance(self.pos, int) else None
+        return _read(self.pos, n_pos)
 
     def __call__(self, logits: Float[Array, "batch pos d_vocab"]) -> Float[Array, " batch"]:
         return _pick(jax.nn.softmax(_at(logits, self.pos).astype(jnp.float32), -1), self.token)
@@ -72,26 +83,41 @@ class NextTokenLoss(eqx.Module):
     tokens: Int[Array, "batch pos"]
 
     def __call__(self, logits: Float[Array, "batch pos d_vocab"]) -> Float[Array, " batch"]:
-        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
-        return -_pick_seq(logp, self.tokens[:, 1:]).mean(-1)
+        return token_losses(logits, self.tokens).mean(-1)
 
 
-def _pick_seq(logp: Float[Array, "b p v"], tokens: Int[Array, "b p"]) -> Float[Array, "b p"]:
-    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+def _read(pos: int | Array, n_pos: int) -> tuple[int, ...] | None:
+    return (int(check_index("position", pos, n_pos, f"prompts of {n_pos} tokens")),) if isinstance(pos, int) else None
 
 
 def _pos(pos: int | ArrayLike) -> int | Array:
-    return pos if isinstance(pos, int) else jnp.asarray(pos, jnp.int32)
+    if isinstance(pos, int | np.integer) and not isinstance(pos, bool):
+        return int(pos)
+    return _ids("pos", pos)
+
+
+def _ids(what: str, ids: ArrayLike) -> Array:
+    """Token ids (or positions) as int32: an int, a list or an array of ints."""
+    out = np.asarray(ids) if not isinstance(ids, jax.Array) else ids
+    if out.dtype == bool or not jnp.issubdtype(out.dtype, jnp.integer):
+        raise ShapeError(f"{what} must be an int token id or a list/array of them, got {ids!r}")
+    if out.ndim > 1:
+        raise ShapeError(f"{what} must be one id or one per example ([batch]), got shape {out.shape}")
+    return jnp.asarray(out, jnp.int32)
 
 
 def logit_diff(correct: ArrayLike, incorrect: ArrayLike, pos: int | ArrayLike = -1) -> LogitDiff:
-    """Logit difference between the ``correct`` and ``incorrect`` answer tokens."""
-    return LogitDiff(jnp.asarray(correct, jnp.int32), jnp.asarray(incorrect, jnp.int32), _pos(pos))
+    """Logit difference between the ``correct`` and ``incorrect`` answer tokens.
+
+    Each is one token id (an int, used for every example) or one per example; ``pos`` is
+    the position read (default the last), or one per example.
+    """
+    return LogitDiff(_ids("correct", correct), _ids("incorrect", incorrect), _pos(pos))
 
 
 def token_prob(token: ArrayLike, pos: int | ArrayLike = -1) -> TokenProb:
-    """Probability the model gives ``token`` at ``pos``."""
-    return TokenProb(jnp.asarray(token, jnp.int32), _pos(pos))
+    """Probability the model gives ``token`` (an int, or one per example) at ``pos``."""
+    return TokenProb(_ids("token", token), _pos(pos))
 
 
 def next_token_loss(tokens: ArrayLike) -> NextTokenLoss:
@@ -107,7 +133,10 @@ def read_positions(metric: Metric, n_pos: int) -> tuple[int, ...] | None:
     """
     declared = getattr(metric, "read_positions", None)
     out = declared(n_pos) if callable(declared) else None
-    return None if out is None else tuple(sorted({int(p) % n_pos for p in out}))
+    if out is None:
+        return None
+    return tuple(sorted({int(check_index("position", int(p), n_pos, f"prompts of {n_pos} tokens"))
+                         for p in out}))
 
 
 def _check_output(out, batch: int) -> None:
@@ -131,7 +160,7 @@ def check_metric(metric: Metric, logits: Float[Array, "batch pos d_vocab"] | Non
     """Raises unless ``metric`` is callable and (given ``logits`` or their shape) returns one
     float per example. The sweeps check the output shape when they compile."""
     if not callable(metric):
-        raise TypeError(f"metric must be callable (logits -> [batch]), got {type(metric).__name__}")
+        raise ArgumentTypeError(f"metric must be callable (logits -> [batch]), got {type(metric).__name__}")
     if logits is not None:
         out = jax.eval_shape(metric, jax.ShapeDtypeStruct(logits.shape, logits.dtype))
         _check_output(out, logits.shape[0])

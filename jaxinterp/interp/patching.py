@@ -25,6 +25,7 @@ reusing the unpatched run's keys and values (see :mod:`jaxinterp.interp._fast_fo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +35,12 @@ from tqdm.auto import tqdm
 
 from jaxinterp.errors import ShapeError
 from jaxinterp.hooks import patch, run_with_hooks
+from jaxinterp.hooks._checks import is_traced
+from jaxinterp.hooks.interventions import check_index as _check_index
 from jaxinterp.interp import _fast_forward as F
-from jaxinterp.interp._plan import COMPONENTS, enumerate_targets, pack, resolve
+from jaxinterp.interp._plan import COMPONENTS, enumerate_targets, pack, resolve, unknown_component
 from jaxinterp.interp.metrics import Metric, check_metric, read_positions
+from jaxinterp.models.tokens import as_tokens
 from jaxinterp.models.transformer import HookedTransformer, check_tokens, positions_and_mask
 from jaxinterp.named import NamedArray
 
@@ -45,7 +49,7 @@ DIRECTIONS = ("denoising", "noising")
 
 def check_pair(model: HookedTransformer, clean: Array, corrupted: Array, attention_mask=None):
     """Validates a clean/corrupted pair of token batches (same shape, valid ids)."""
-    clean, corrupted = jnp.asarray(clean), jnp.asarray(corrupted)
+    clean, corrupted = as_tokens(model, clean), as_tokens(model, corrupted)
     if clean.shape != corrupted.shape:
         raise ShapeError(f"clean tokens {clean.shape} and corrupted tokens {corrupted.shape} must "
                          "have the same [batch, pos] shape (pad them to one length)")
@@ -63,12 +67,14 @@ def base_and_source(clean, corrupted, direction: str):
     return (corrupted, clean) if direction == "denoising" else (clean, corrupted)
 
 
-def check_index(what: str, value: int | None, size: int, name: str) -> None:
-    """Raises for an int index outside ``[-size, size)`` (traced indices pass unchecked)."""
-    if value is None or not isinstance(value, int | np.integer):
-        return
-    if not -size <= int(value) < size:
-        raise ShapeError(f"{what} {int(value)} is out of range for a model with {name}={size}")
+def check_index(what: str, value: Any, size: int, name: str) -> Any:
+    """An index checked against ``[-size, size)`` (``IndexRangeError`` otherwise) with
+    negatives counted from the end; a concrete one comes back as a Python int, a traced
+    one as a normalised tracer (checked only under :func:`jaxinterp.hooks.checked`)."""
+    out = _check_index(what, value, size, f"a model with {name}={size}")
+    if out is None or is_traced(out):
+        return out
+    return int(out) if np.ndim(out) == 0 else out
 
 
 def activation_patching(
@@ -158,14 +164,12 @@ def patched_forward(
     ``head`` may be traced, so ``jax.jit`` of this compiles once for a whole loop.
     """
     if component not in COMPONENTS:
-        resolve(component, None, [])
+        raise unknown_component(component)
     suffix, headed = COMPONENTS[component]
-    check_index("layer", layer, model.cfg.n_layers, "n_layers")
+    layer = check_index("layer", layer, model.cfg.n_layers, "n_layers")
     n_heads = model.cfg.n_kv_heads if component in ("k", "v") else model.cfg.n_heads
-    check_index("head", head, n_heads, "n_heads" if component not in ("k", "v") else "n_kv_heads")
+    head = check_index("head", head, n_heads, "n_heads" if component not in ("k", "v") else "n_kv_heads")
     if head is not None and not headed:
         raise ShapeError(f"component {component!r} has no head axis")
-    if isinstance(layer, int | np.integer):
-        layer = int(layer) % model.cfg.n_layers
     iv = patch(f"blocks.*.{suffix}", source, pos=pos, head=head, layer=layer)
     return run_with_hooks(model, jnp.asarray(tokens), attention_mask, interventions=[iv])

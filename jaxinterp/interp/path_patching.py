@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from jaxinterp.errors import ShapeError
@@ -46,15 +47,15 @@ def _check_senders(model: HookedTransformer, senders: Sequence[Sender]) -> tuple
     for s in senders:
         if not (isinstance(s, tuple | list) and len(s) == 2):
             raise ShapeError(f"a sender is (layer, head) or (layer, 'mlp'), got {s!r}")
-        check_index("sender layer", s[0], cfg.n_layers, "n_layers")
+        layer = check_index("sender layer", s[0], cfg.n_layers, "n_layers")
         if s[1] == "mlp":
             if not cfg.has_mlp:
                 raise ShapeError("this model has no MLPs to send from")
-        elif isinstance(s[1], int):
-            check_index("sender head", s[1], cfg.n_heads, "n_heads")
+            out.append((layer, "mlp"))
+        elif isinstance(s[1], int | np.integer):
+            out.append((layer, check_index("sender head", s[1], cfg.n_heads, "n_heads")))
         else:
             raise ShapeError(f"a sender is (layer, head) or (layer, 'mlp'), got {s!r}")
-        out.append((int(s[0]) % cfg.n_layers, s[1] if s[1] == "mlp" else int(s[1]) % cfg.n_heads))
     return tuple(out)
 
 
@@ -70,13 +71,12 @@ def _check_receivers(model: HookedTransformer, receivers: Sequence[Receiver]) ->
             out.append(r)
             continue
         if isinstance(r, tuple | list) and len(r) == 3 and r[2] in ("q", "k", "v"):
-            check_index("receiver layer", r[0], cfg.n_layers, "n_layers")
             n = cfg.n_heads if r[2] == "q" else cfg.n_kv_heads
-            check_index("receiver head", r[1], n, "n_heads" if r[2] == "q" else "n_kv_heads")
-            out.append((int(r[0]) % cfg.n_layers, int(r[1]) % n, r[2]))
+            out.append((check_index("receiver layer", r[0], cfg.n_layers, "n_layers"),
+                        check_index("receiver head", r[1], n, "n_heads" if r[2] == "q" else "n_kv_heads"),
+                        r[2]))
         elif isinstance(r, tuple | list) and len(r) == 2 and r[1] == "mlp" and cfg.has_mlp:
-            check_index("receiver layer", r[0], cfg.n_layers, "n_layers")
-            out.append((int(r[0]) % cfg.n_layers, "mlp"))
+            out.append((check_index("receiver layer", r[0], cfg.n_layers, "n_layers"), "mlp"))
         else:
             raise ShapeError(f"unknown receiver {r!r}: use (layer, head, 'q'|'k'|'v'), "
                              "(layer, 'mlp') on a model with MLPs, or 'logits'")

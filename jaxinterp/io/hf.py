@@ -11,8 +11,10 @@ and usually ``tokenizer.json``. Loading is three pure steps, each usable alone::
 :func:`load_hf` does all three, for a local folder or a Hub repository id (downloaded
 with ``huggingface_hub.snapshot_download``, JSON and safetensors files only). Weights are
 read with ``safetensors`` as numpy arrays: pickled ``pytorch_model.bin`` files are never
-opened. Supported: GPT-2, GPT-NeoX / Pythia, Llama, Mistral, Qwen2 (see
-:mod:`jaxinterp.io.hf_convert` for how each packs its weights).
+opened. Supported: GPT-2, GPT-NeoX / Pythia, GPT-J, Llama, Mistral, Qwen2, Qwen3,
+Phi-3, Gemma 2 and Gemma 3 (text) (see :mod:`jaxinterp.io.hf_config` for how each config
+maps onto a :class:`TransformerConfig` and :mod:`jaxinterp.io.hf_convert` for how each
+packs its weights).
 
 Example::
 
@@ -82,7 +84,8 @@ def load_hf(
     Raises:
         CheckpointError: no such folder or repository, missing files, pickled weights
             only, or tensors that do not match the config.
-        ConfigError: an unsupported architecture or variant (e.g. scaled rotary).
+        ConfigError: an unsupported architecture, or a config field asking for something
+            not implemented (e.g. a rope scaling type other than linear), named.
     """
     folder = _resolve(path_or_repo_id, revision)
     config = read_config(folder)

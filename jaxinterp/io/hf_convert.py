@@ -1,17 +1,24 @@
-"""Hugging Face configs and weights in jaxinterp's (TransformerLens) layout.
+"""Hugging Face weights in jaxinterp's (TransformerLens) layout.
 
-Each supported family is one config function (``config.json`` -> :class:`TransformerConfig`)
-and one weight function (flat ``{name: array}`` -> per-layer TransformerLens weights).
-The layouts differ only in how the attention projections are packed:
+Each family is one weight function (flat ``{name: array}`` -> per-layer TransformerLens
+weights); :mod:`jaxinterp.io.hf_config` translates the configs. The layouts differ in how
+the projections are packed:
 
 * GPT-2 ``Conv1D`` stores ``[in, out]``; ``c_attn`` is ``[d, 3 d]`` = ``[Q | K | V]``,
   each ``[d, (h e)]``, so ``W_Q = c_attn[:, :d].reshape(d, h, e).transpose(1, 0, 2)``.
 * GPT-NeoX ``nn.Linear`` stores ``[out, in]``; ``query_key_value`` is ``[(h 3 e), d]``,
   interleaved per head (the forward views its output as ``[.., h, 3 e]`` and chunks the
   last axis), so ``W_Q = w.reshape(h, 3, e, d)[:, 0].transpose(0, 2, 1)``.
-* Llama / Mistral / Qwen2 have separate ``q_proj [(h e), d]`` and ``k_proj, v_proj
-  [(g e), d]`` (grouped-query attention), a SwiGLU MLP (``gate_proj`` -> ``W_gate``,
-  ``up_proj`` -> ``W_in``) and RMSNorm without bias.
+* Llama / Mistral / Qwen2/3 / Gemma have separate ``q_proj [(h e), d]`` and ``k_proj,
+  v_proj [(g e), d]`` (grouped-query attention), a gated MLP (``gate_proj`` -> ``W_gate``,
+  ``up_proj`` -> ``W_in``) and RMSNorm without bias. Phi-3 fuses ``qkv_proj`` =
+  ``[Q | K | V]`` rows and ``gate_up_proj`` = ``[gate | up]`` rows; they are split here.
+* Gemma's RMSNorm multiplies by ``1 + w``; the stored weight becomes ``w + 1`` (in
+  float32), so the model's norm is the usual ``x / rms(x) * w``. Gemma 2/3 name their
+  norms ``input_layernorm`` (ln1), ``post_attention_layernorm`` (ln1_post),
+  ``pre_feedforward_layernorm`` (ln2) and ``post_feedforward_layernorm`` (ln2_post).
+* GPT-J has separate bias-free ``q/k/v/out_proj``, one LayerNorm ``ln_1`` read by both
+  attention and MLP (copied into ``ln2``) and a biased ``lm_head``.
 
 Output projections become ``W_O [h, e, d]``, ``W_in [d, m]``, ``W_out [m, d]`` and the
 unembedding ``W_U = lm_head.T [d, v]`` (``None`` when tied to ``W_E``).
@@ -26,111 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import CheckpointError, ConfigError
+from jaxinterp.io.hf_config import (
+    GEMMA,
+    SUPPORTED_ARCHITECTURES,
+    config_from_hf,
+    hf_architecture,
+)
 from jaxinterp.models import components as C
 from jaxinterp.models.config import TransformerConfig
 from jaxinterp.models.transformer import HookedTransformer
 
-_MODEL_TYPES = {
-    "gpt2": "GPT2LMHeadModel",
-    "gpt_neox": "GPTNeoXForCausalLM",
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-}
-SUPPORTED_ARCHITECTURES = tuple(_MODEL_TYPES.values())
-_ACTS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu",
-         "gelu_fast": "gelu_fast", "relu": "relu", "silu": "silu", "swish": "silu"}
+__all__ = ["SUPPORTED_ARCHITECTURES", "config_from_hf", "convert_hf_state_dict", "hf_architecture"]
+
 # Non-weight buffers some checkpoints carry (causal masks, rotary tables).
 _BUFFERS = re.compile(r"(\.attn\.(masked_)?bias|\.attention\.(masked_)?bias|rotary_emb\.inv_freq)$")
-
-
-def hf_architecture(config: Mapping) -> str:
-    """The supported architecture a ``config.json`` names, or a :class:`ConfigError`."""
-    names = list(config.get("architectures") or [])
-    if not names and config.get("model_type") in _MODEL_TYPES:
-        names = [_MODEL_TYPES[config["model_type"]]]
-    for name in names:
-        if name in SUPPORTED_ARCHITECTURES:
-            return name
-    found = names or config.get("model_type")
-    raise ConfigError(f"Unsupported Hugging Face architecture {found!r}; supported: "
-                      f"{', '.join(SUPPORTED_ARCHITECTURES)}.")
-
-
-def config_from_hf(config: Mapping, *, dtype: str = "float32") -> TransformerConfig:
-    """Translate a Hugging Face ``config.json`` dict into a :class:`TransformerConfig`."""
-    arch = hf_architecture(config)
-
-    def get(key: str, default=ConfigError):
-        if config.get(key) is None:
-            if default is ConfigError:
-                raise ConfigError(f"config.json for {arch} lacks the field {key!r}.")
-            return default
-        return config[key]
-
-    def act(name: str) -> str:
-        if name not in _ACTS:
-            raise ConfigError(f"{arch}: activation {name!r} is not supported; use one of {sorted(_ACTS)}.")
-        return _ACTS[name]
-
-    gpt2 = arch == "GPT2LMHeadModel"
-    d, H = (get("n_embd"), get("n_head")) if gpt2 else (get("hidden_size"), get("num_attention_heads"))
-    d_head = get("head_dim", None) or d // H  # only the Llama family sets head_dim
-    if d_head * H != d and get("head_dim", None) is None:
-        raise ConfigError(f"{arch}: hidden size {d} is not divisible by the number of heads {H}.")
-    common = dict(original_architecture=arch, dtype=dtype,
-                  model_name=str(config.get("_name_or_path") or "hf-model"))
-    if gpt2:
-        if get("scale_attn_by_inverse_layer_idx", False):
-            raise ConfigError("GPT2LMHeadModel: scale_attn_by_inverse_layer_idx=True is not supported.")
-        return TransformerConfig(
-            d_model=d, n_layers=get("n_layer"), n_heads=H, d_head=d // H,
-            d_mlp=get("n_inner", 4 * d), d_vocab=get("vocab_size"), n_ctx=get("n_positions"),
-            act_fn=act(get("activation_function", "gelu_new")), eps=get("layer_norm_epsilon", 1e-5),
-            tied_embeddings=get("tie_word_embeddings", True),
-            attn_scale=None if get("scale_attn_weights", True) else 1.0, **common)
-    if arch == "GPTNeoXForCausalLM":
-        theta, factor = _rope(arch, config, default_factor=0.25)
-        return TransformerConfig(
-            d_model=d, n_layers=get("num_hidden_layers"), n_heads=H, d_head=d // H,
-            d_mlp=get("intermediate_size"), d_vocab=get("vocab_size"),
-            n_ctx=get("max_position_embeddings"), act_fn=act(get("hidden_act", "gelu")),
-            eps=get("layer_norm_eps", 1e-5), positional_embedding_type="rotary",
-            rotary_dim=int(d // H * factor), rotary_base=float(theta),
-            parallel_attn_mlp=get("use_parallel_residual", True),
-            tied_embeddings=get("tie_word_embeddings", False),
-            use_attn_bias=get("attention_bias", True), **common)
-    # Llama family: Llama, Mistral, Qwen2.
-    if get("mlp_bias", False):
-        raise ConfigError(f"{arch}: mlp_bias=True is not supported (no gate bias in jaxinterp).")
-    n_ctx = get("max_position_embeddings")
-    window = get("sliding_window", None)
-    if window and (arch == "MistralForCausalLM" or get("use_sliding_window", False)):
-        n_ctx = min(n_ctx, window)  # within the window, sliding attention is full attention
-    theta, factor = _rope(arch, config, default_factor=1.0)
-    return TransformerConfig(
-        d_model=d, n_layers=get("num_hidden_layers"), n_heads=H, d_head=d_head,
-        d_mlp=get("intermediate_size"), d_vocab=get("vocab_size"), n_ctx=n_ctx,
-        act_fn=act(get("hidden_act", "silu")), normalization_type="RMS",
-        eps=get("rms_norm_eps", 1e-6), positional_embedding_type="rotary",
-        rotary_dim=int(d_head * factor), rotary_base=float(theta),
-        n_key_value_heads=get("num_key_value_heads", H), gated_mlp=True,
-        use_attn_bias=arch == "Qwen2ForCausalLM" or get("attention_bias", False),
-        use_mlp_bias=False, tied_embeddings=get("tie_word_embeddings", False), **common)
-
-
-def _rope(arch: str, config: Mapping, default_factor: float) -> tuple[float, float]:
-    """``(rope_theta, partial_rotary_factor)`` from ``rope_parameters`` (transformers 5) or
-    the older top-level fields; scaled rotary variants are refused."""
-    params = dict(config.get("rope_scaling") or {}) | dict(config.get("rope_parameters") or {})
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in ("default", None):
-        raise ConfigError(f"{arch}: rope type {kind!r} is not implemented; jaxinterp supports "
-                          "only the default (unscaled) rotary embedding.")
-    theta = params.get("rope_theta", config.get("rope_theta", config.get("rotary_emb_base", 10000.0)))
-    factor = params.get("partial_rotary_factor",
-                        config.get("partial_rotary_factor", config.get("rotary_pct", default_factor)))
-    return float(theta), float(factor)
 
 
 class _Reader:
@@ -217,41 +133,83 @@ def _neox(cfg: TransformerConfig, r: _Reader) -> tuple[dict, list[dict]]:
     return top, layers
 
 
+def _heads_in(w: np.ndarray, n: int, e: int, d: int) -> np.ndarray:  # [(n e), d] -> [n, d, e]
+    return w.reshape(n, e, d).transpose(0, 2, 1)
+
+
 def _llama(cfg: TransformerConfig, r: _Reader) -> tuple[dict, list[dict]]:
+    """Llama, Mistral, Qwen2, Qwen3, Phi-3 (fused projections) and Gemma 2/3 (four norms)."""
     d, H, G, e, m, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab
-    o_bias = cfg.use_attn_bias and cfg.original_architecture != "Qwen2ForCausalLM"
+    arch = cfg.original_architecture
+    gemma, phi3 = arch in GEMMA, arch == "Phi3ForCausalLM"
+    o_bias = cfg.use_attn_bias and arch != "Qwen2ForCausalLM"
+
+    def norm(name: str, size: int = d) -> np.ndarray:  # Gemma scales by (1 + w)
+        w = r(name, (size,))
+        return w.astype(np.float32) + 1.0 if gemma else w
+
     layers = []
     for i in range(cfg.n_layers):
-        p = f"layers.{i}."
+        p, a = f"layers.{i}.", f"layers.{i}.self_attn."
+        if phi3:
+            wq, wk, wv = np.split(r(a + "qkv_proj.weight", ((H + 2 * G) * e, d)), [H * e, (H + G) * e])
+            gate, up = np.split(r(p + "mlp.gate_up_proj.weight", (2 * m, d)), 2)
+        else:
+            wq, wk, wv = (r(a + f"{n}_proj.weight", (k * e, d)) for n, k in (("q", H), ("k", G), ("v", G)))
+            gate, up = r(p + "mlp.gate_proj.weight", (m, d)), r(p + "mlp.up_proj.weight", (m, d))
         layer = {
-            "ln1.w": r(p + "input_layernorm.weight", (d,)),
-            "W_Q": r(p + "self_attn.q_proj.weight", (H * e, d)).reshape(H, e, d).transpose(0, 2, 1),
-            "W_K": r(p + "self_attn.k_proj.weight", (G * e, d)).reshape(G, e, d).transpose(0, 2, 1),
-            "W_V": r(p + "self_attn.v_proj.weight", (G * e, d)).reshape(G, e, d).transpose(0, 2, 1),
-            "W_O": r(p + "self_attn.o_proj.weight", (d, H * e)).T.reshape(H, e, d),
-            "ln2.w": r(p + "post_attention_layernorm.weight", (d,)),
-            "W_gate": r(p + "mlp.gate_proj.weight", (m, d)).T,
-            "W_in": r(p + "mlp.up_proj.weight", (m, d)).T,
-            "W_out": r(p + "mlp.down_proj.weight", (d, m)).T,
+            "ln1.w": norm(p + "input_layernorm.weight"),
+            "W_Q": _heads_in(wq, H, e, d), "W_K": _heads_in(wk, G, e, d), "W_V": _heads_in(wv, G, e, d),
+            "W_O": r(a + "o_proj.weight", (d, H * e)).T.reshape(H, e, d),
+            "W_gate": gate.T, "W_in": up.T, "W_out": r(p + "mlp.down_proj.weight", (d, m)).T,
         }
+        if gemma:
+            layer |= {"ln1_post.w": norm(p + "post_attention_layernorm.weight"),
+                      "ln2.w": norm(p + "pre_feedforward_layernorm.weight"),
+                      "ln2_post.w": norm(p + "post_feedforward_layernorm.weight")}
+        else:
+            layer["ln2.w"] = norm(p + "post_attention_layernorm.weight")
+        if cfg.use_qk_norm:
+            layer |= {"q_norm.w": norm(a + "q_norm.weight", e), "k_norm.w": norm(a + "k_norm.weight", e)}
         if cfg.use_attn_bias:
-            layer |= {"b_Q": r(p + "self_attn.q_proj.bias", (H * e,)).reshape(H, e),
-                      "b_K": r(p + "self_attn.k_proj.bias", (G * e,)).reshape(G, e),
-                      "b_V": r(p + "self_attn.v_proj.bias", (G * e,)).reshape(G, e),
-                      "b_O": r(p + "self_attn.o_proj.bias", (d,)) if o_bias else np.zeros(d, np.float32)}
+            layer |= {"b_Q": r(a + "q_proj.bias", (H * e,)).reshape(H, e),
+                      "b_K": r(a + "k_proj.bias", (G * e,)).reshape(G, e),
+                      "b_V": r(a + "v_proj.bias", (G * e,)).reshape(G, e),
+                      "b_O": r(a + "o_proj.bias", (d,)) if o_bias else np.zeros(d, np.float32)}
         layers.append(layer)
-    top = {"W_E": r("embed_tokens.weight", (V, d)), "ln_final.w": r("norm.weight", (d,))}
+    top = {"W_E": r("embed_tokens.weight", (V, d)), "ln_final.w": norm("norm.weight")}
     if not cfg.tied_embeddings:
         top["W_U"] = r("lm_head.weight", (V, d), top=True).T
     return top, layers
 
 
+def _gptj(cfg: TransformerConfig, r: _Reader) -> tuple[dict, list[dict]]:
+    d, H, e, m, V = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab
+    layers = []
+    for i in range(cfg.n_layers):
+        p = f"h.{i}."
+        ln_w, ln_b = r(p + "ln_1.weight", (d,)), r(p + "ln_1.bias", (d,))
+        layers.append({
+            "ln1.w": ln_w, "ln1.b": ln_b, "ln2.w": ln_w, "ln2.b": ln_b,  # one norm, read twice
+            **{f"W_{n.upper()}": _heads_in(r(p + f"attn.{n}_proj.weight", (d, d)), H, e, d) for n in "qkv"},
+            "W_O": r(p + "attn.out_proj.weight", (d, d)).T.reshape(H, e, d),
+            "W_in": r(p + "mlp.fc_in.weight", (m, d)).T, "b_in": r(p + "mlp.fc_in.bias", (m,)),
+            "W_out": r(p + "mlp.fc_out.weight", (d, m)).T, "b_out": r(p + "mlp.fc_out.bias", (d,)),
+        })
+    top = {"W_E": r("wte.weight", (V, d)), "ln_final.w": r("ln_f.weight", (d,)),
+           "ln_final.b": r("ln_f.bias", (d,)), "b_U": r("lm_head.bias", (V,), top=True)}
+    if not cfg.tied_embeddings:
+        top["W_U"] = r("lm_head.weight", (V, d), top=True).T
+    return top, layers
+
+
+_LLAMA = (_llama, "model.", "embed_tokens.weight", "lm_head.weight")
 _FAMILIES = {  # architecture -> (weights function, module prefix, embedding name, head name)
     "GPT2LMHeadModel": (_gpt2, "transformer.", "wte.weight", "lm_head.weight"),
     "GPTNeoXForCausalLM": (_neox, "gpt_neox.", "embed_in.weight", "embed_out.weight"),
-    "LlamaForCausalLM": (_llama, "model.", "embed_tokens.weight", "lm_head.weight"),
-    "MistralForCausalLM": (_llama, "model.", "embed_tokens.weight", "lm_head.weight"),
-    "Qwen2ForCausalLM": (_llama, "model.", "embed_tokens.weight", "lm_head.weight"),
+    "GPTJForCausalLM": (_gptj, "transformer.", "wte.weight", "lm_head.weight"),
+    **{arch: _LLAMA for arch in SUPPORTED_ARCHITECTURES if arch not in
+       ("GPT2LMHeadModel", "GPTNeoXForCausalLM", "GPTJForCausalLM")},
 }
 
 
@@ -286,14 +244,20 @@ def _assemble(cfg: TransformerConfig, top: dict, layers: list[dict]) -> HookedTr
 
     stacked = {k: arr(np.stack([layer[k] for layer in layers])) for k in layers[0]} if layers else {}
     get = stacked.get
+
+    def norm(name: str) -> C.NormParams | None:
+        return C.NormParams(get(name + ".w"), get(name + ".b")) if name + ".w" in stacked else None
+
     attn = C.AttnParams(W_Q=get("W_Q"), W_K=get("W_K"), W_V=get("W_V"), W_O=get("W_O"),
-                        b_Q=get("b_Q"), b_K=get("b_K"), b_V=get("b_V"), b_O=get("b_O"))
+                        b_Q=get("b_Q"), b_K=get("b_K"), b_V=get("b_V"), b_O=get("b_O"),
+                        q_norm=norm("q_norm"), k_norm=norm("k_norm"))
     mlp = C.MLPParams(W_in=get("W_in"), W_out=get("W_out"), b_in=get("b_in"), b_out=get("b_out"),
                       W_gate=get("W_gate"))
     blocks = C.BlockParams(ln1=C.NormParams(get("ln1.w"), get("ln1.b")), attn=attn,
-                           ln2=C.NormParams(get("ln2.w"), get("ln2.b")), mlp=mlp)
+                           ln2=C.NormParams(get("ln2.w"), get("ln2.b")), mlp=mlp,
+                           ln1_post=norm("ln1_post"), ln2_post=norm("ln2_post"))
     return HookedTransformer(
         cfg=cfg, W_E=arr(top["W_E"]), blocks=blocks, W_pos=arr(top.get("W_pos")),
         ln_final=C.NormParams(arr(top["ln_final.w"]), arr(top.get("ln_final.b"))),
-        W_U=arr(top.get("W_U")), b_U=None,
+        W_U=arr(top.get("W_U")), b_U=arr(top.get("b_U")),
     )

@@ -1,12 +1,18 @@
-"""Models: the hooked transformer and its configs."""
+"""Models: the hooked transformer and its configs; a small conv net (``conv``)."""
 
 from jaxinterp.models.config import (
     TransformerConfig,
     attn_only_config,
+    gemma2_config,
+    gemma3_config,
     gpt2_config,
+    gptj_config,
     llama_config,
     neox_config,
+    phi3_config,
+    qwen3_config,
 )
+from jaxinterp.models.conv import ConvConfig, ConvNet, init_conv
 from jaxinterp.models.generation import KVCache, decode_step, generate, init_kv_cache, sample_logits
 from jaxinterp.models.loss import lm_loss, token_losses
 from jaxinterp.models.process import (
@@ -23,6 +29,7 @@ from jaxinterp.models.transformer import (
     embed,
     hook_names_for,
     init_transformer,
+    layer_inputs,
     param_count,
     positions_and_mask,
     run_blocks,
@@ -30,6 +37,9 @@ from jaxinterp.models.transformer import (
 )
 
 __all__ = [
+    "ConvConfig",
+    "ConvNet",
+    "init_conv",
     "KVCache",
     "center_unembed",
     "center_writing_weights",
@@ -46,11 +56,17 @@ __all__ = [
     "HookedTransformer",
     "TransformerConfig",
     "attn_only_config",
+    "gemma2_config",
+    "gemma3_config",
+    "gptj_config",
+    "phi3_config",
+    "qwen3_config",
     "check_tokens",
     "embed",
     "gpt2_config",
     "hook_names_for",
     "init_transformer",
+    "layer_inputs",
     "llama_config",
     "neox_config",
     "param_count",

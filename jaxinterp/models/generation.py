@@ -31,7 +31,13 @@ from jaxinterp.errors import ShapeError, TokenError
 from jaxinterp.hooks import Intervention, run_with_hooks, scan_layers
 from jaxinterp.models import components as C
 from jaxinterp.models.config import TransformerConfig
-from jaxinterp.models.transformer import HookedTransformer, check_tokens, embed, unembed
+from jaxinterp.models.transformer import (
+    HookedTransformer,
+    check_tokens,
+    embed,
+    layer_inputs,
+    unembed,
+)
 
 
 class KVCache(eqx.Module):
@@ -83,14 +89,15 @@ def decode_step(
     query_slot = cache.index + jnp.arange(q)
     causal = jnp.arange(cache.max_len)[None, :] <= query_slot[:, None]  # [q, k]
     mask = causal[None] & slots[:, None, :]  # [b, q, k]
+    key_positions = jnp.maximum(jnp.cumsum(slots, axis=-1) - 1, 0)  # each slot's position id
 
     def one(x, p_kv):
-        p, (k, v) = p_kv
-        x, kv = C.block(cfg, p, x, positions, mask, kv=(k, v), cache_index=cache.index)
-        return x, kv
+        (p, spec), (k, v) = p_kv
+        return C.block(cfg, p, x, positions, mask, kv=(k, v), cache_index=cache.index, spec=spec,
+                       key_positions=key_positions)
 
     x = embed(model, tokens, positions)
-    x, kv = scan_layers(one, x, model.blocks, n_layers=cfg.n_layers, extra=(cache.k, cache.v))
+    x, kv = scan_layers(one, x, layer_inputs(model), n_layers=cfg.n_layers, extra=(cache.k, cache.v))
     k, v = (cache.k, cache.v) if kv is None else kv
     new = KVCache(k, v, slots, cache.next_pos + am.sum(-1), cache.index + q)
     return unembed(model, x), new

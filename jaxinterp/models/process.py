@@ -14,12 +14,16 @@ constant), but activations and weights become easier to interpret:
   b_O, W_out, b_out``) is centred along ``d_model``. Valid only when every reader is a
   LayerNorm, which subtracts the mean anyway.
 * **center_unembed** -- ``W_U, b_U`` centred along the vocabulary: every logit moves by
-  the same per-position constant, so the softmax (log-probs) is unchanged.
+  the same per-position constant, so the softmax (log-probs) is unchanged. Not valid
+  under output soft-capping (Gemma 2), where ``tanh`` does not commute with the shift.
 * **fold_value_biases** -- a head's pattern sums to one over keys, so its value bias comes
   out unchanged: ``z = sum_k p_k (v_k + b_V) = sum_k p_k v_k + b_V``. Hence
   ``b_O += sum_h b_V[h] @ W_O[h]`` and ``b_V = 0``.
 
-Arithmetic runs in float32 and results are cast back to the weights' dtype.
+Norms after a sublayer (Gemma's ``ln1_post``/``ln2_post``) and q/k norms stay as they
+are: no linear map reads them before the residual stream or the rotary embedding, so
+there is nothing to fold them into. Arithmetic runs in float32 and results are cast back
+to the weights' dtype.
 """
 
 from __future__ import annotations
@@ -140,6 +144,8 @@ def _check_ln_readers(model: HookedTransformer) -> str | None:
         return "attention reads the residual stream without ln1"
     if blocks.mlp is not None and blocks.ln2 is None:
         return "the MLP reads the residual stream without ln2"
+    if blocks.ln1_post is not None or blocks.ln2_post is not None:
+        return "ln1_post/ln2_post normalise what the sublayers write"
     return None
 
 
@@ -172,7 +178,15 @@ def center_writing_weights(model: HookedTransformer) -> HookedTransformer:
 
 
 def center_unembed(model: HookedTransformer) -> HookedTransformer:
-    """Centres ``W_U`` and ``b_U`` along the vocabulary (log-probs unchanged; untied)."""
+    """Centres ``W_U`` and ``b_U`` along the vocabulary (log-probs unchanged; untied).
+
+    Raises:
+      ConfigError: the model soft-caps its logits (the shift would change log-probs).
+    """
+    if model.cfg.output_logits_soft_cap is not None:
+        raise ConfigError("center_unembed is not valid with output_logits_soft_cap="
+                          f"{model.cfg.output_logits_soft_cap}: soft-capping does not commute "
+                          "with shifting every logit by a constant")
     model = untie_embeddings(model)
     return _replace(model, W_U=_center(model.W_U), b_U=_center(model.b_U))
 
@@ -210,8 +224,9 @@ def process_weights(
     """Applies the rewrites above that are valid for this architecture (as TransformerLens).
 
     Rewrites that do not apply are skipped silently: centring writing weights needs
-    LayerNorm readers everywhere, and folding needs a ``b_gate`` for LayerNorm biases in
-    front of a gated MLP. Value biases are folded before the writing weights are centred,
+    LayerNorm readers everywhere and no post-norms, folding needs a ``b_gate`` for
+    LayerNorm biases in front of a gated MLP, and centring the unembedding needs logits
+    without soft-capping. Called alone, each of those raises ``ConfigError`` instead. Value biases are folded before the writing weights are centred,
     so ``b_O`` comes out centred too.
     """
     blocks = model.blocks
@@ -223,6 +238,6 @@ def process_weights(
         model = _fold_value_biases(model)
     if center_writing_weights and _check_ln_readers(model) is None:
         model = _center_writing_weights(model)
-    if center_unembed:
+    if center_unembed and model.cfg.output_logits_soft_cap is None:
         model = _center_unembed(model)
     return model

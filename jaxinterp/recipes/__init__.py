@@ -27,6 +27,10 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                   "train an SAE on any loadable model's hook site (also: jaxinterp train-sae)"),
     "eval-sae": ("jaxinterp.recipes.train_sae", "EvalSAERecipe", "run_eval_sae",
                  "evaluate an SAE file (SAELens, Gemma Scope, sparsify) on a model"),
+    "conv_circuits": ("jaxinterp.recipes.conv_circuits", "ConvCircuitsConfig", "run_conv_circuits",
+                      "conv net on rendered shapes: measured edge/curve units, visualisations, weight circuits"),
+    "text_featurevis": ("jaxinterp.recipes.text_featurevis", "TextFeatureVisConfig", "run_text_featurevis",
+                        "LM neurons visualised by soft prompts and token search, against their top contexts"),
 }
 
 
@@ -36,6 +40,33 @@ def flag(default: Any, help: str) -> Any:
         steps: int = flag(800, "optimiser updates (0: the recipe's default)")
     """
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def check_config(config: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Raises ``ConfigError`` naming the flag when a size is not a positive (or non-negative) int."""
+    from jaxinterp.errors import ConfigError
+
+    for names, low, what in ((positive, 1, "a positive int"), (non_negative, 0, "an int >= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a run can use: the accelerator's, else the machine's RAM (None if unknown)."""
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    except Exception:  # noqa: BLE001 - no device stats on CPU
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def is_fast(config: Any) -> bool:
@@ -52,7 +83,8 @@ def get(name: str) -> tuple[type, Callable]:
     if name not in RECIPES:
         from jaxinterp.errors import ConfigError, unknown_name_message
 
-        raise ConfigError(unknown_name_message("experiment", name, RECIPES))
+        raise ConfigError(unknown_name_message("experiment", name, RECIPES)
+                          + f" Experiments: {', '.join(sorted(RECIPES))}.")
     module, config, run, _ = RECIPES[name]
     mod = importlib.import_module(module)
     cls = getattr(mod, config)

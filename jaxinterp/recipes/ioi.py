@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from jaxinterp.errors import ConfigError
 from jaxinterp.interp import (
     NamedArray,
     activation_patching,
@@ -39,6 +39,7 @@ from jaxinterp.interp import (
 from jaxinterp.interp.ioi import END_POS, ROLES, ioi_batch, ioi_config, ioi_loss, train_ioi_model
 from jaxinterp.io.weights import load_weights, save_weights
 from jaxinterp.models import init_transformer
+from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.viz import heatmap, heatmaps, line_plot
 
 
@@ -47,13 +48,19 @@ class IOIConfig:
     """The IOI run. ``steps``/``layers``/``prompts`` of 0 mean the default (smaller when
     ``JAXINTERP_FAST=1``)."""
 
-    name: str = "ioi"
-    runs_dir: str = "runs"
-    steps: int = 0
-    layers: int = 0
-    prompts: int = 0
-    checkpoint: str = ""  # weights (.safetensors/.npz) of a model with `layers` layers
-    seed: int = 0
+    name: str = flag("ioi", "run folder name under --runs-dir")
+    runs_dir: str = flag("runs", "parent folder of all runs")
+    steps: int = flag(0, "training steps (0: 1000, or 400 in fast mode)")
+    layers: int = flag(0, "model layers (0: 3, or 2 in fast mode)")
+    prompts: int = flag(0, "held-out prompts the sweeps average over (0: 64, or 16 in fast mode)")
+    checkpoint: str = flag("", "weights (.safetensors/.npz) of a trained model with --layers layers; skips training")
+    seed: int = flag(0, "seed for initialisation and prompts")
+    fast: bool = flag(False, "smaller, quicker run (also JAXINTERP_FAST=1)")
+
+    def __post_init__(self):
+        check_config(self, non_negative=("steps", "layers", "prompts"))
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise ConfigError(f"--checkpoint {self.checkpoint!r}: no such file")
 
     @property
     def run_dir(self) -> Path:
@@ -62,7 +69,7 @@ class IOIConfig:
 
 def run_ioi(config: IOIConfig) -> dict:
     """Trains (or loads) the model, runs the sweeps and lenses, writes ``runs/<name>/``."""
-    fast = os.environ.get("JAXINTERP_FAST") == "1"
+    fast = is_fast(config)
     args = dataclasses.replace(
         config,
         steps=config.steps or (400 if fast else 1000),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from jaxinterp.hooks import run_with_cache
 from jaxinterp.io.weights import save_weights
 from jaxinterp.models import HookedTransformer, TransformerConfig, init_transformer
 from jaxinterp.models.loss import lm_loss
+from jaxinterp.recipes import available_memory, check_config, flag
 from jaxinterp.train import TrainConfig, train
 
 
@@ -42,37 +44,71 @@ from jaxinterp.train import TrainConfig, train
 class LMConfig:
     """A small-LM training run. Every field is a CLI flag (``--d-model 256``)."""
 
-    name: str = "lm"
-    runs_dir: str = "runs"
+    name: str = flag("lm", "run folder name under --runs-dir")
+    runs_dir: str = flag("runs", "parent folder of all runs")
     # data
-    corpus: str = "default"  # "default", a path to .txt files (comma separated), or tfds:NAME
-    tfds_data_dir: str = ""
-    tokenizer: str = "bpe"  # "bpe" (trained on the corpus, cached), "bytes", or a local path
-    vocab_size: int = 4096
-    seq_len: int = 128
-    batch_size: int = 16
-    val_fraction: float = 0.02
+    corpus: str = flag("default", "'default' (embedded corpus), comma-separated .txt paths, or tfds:NAME")
+    tfds_data_dir: str = flag("", "data_dir of a prepared tfds dataset (with --corpus tfds:NAME)")
+    tokenizer: str = flag("bpe", "'bpe' (trained on the corpus, cached), 'bytes', or a tokenizer.json path")
+    vocab_size: int = flag(4096, "BPE vocabulary size (with --tokenizer bpe)")
+    seq_len: int = flag(128, "tokens per training sequence (also the model's n_ctx)")
+    batch_size: int = flag(16, "sequences per step")
+    val_fraction: float = flag(0.02, "fraction of the corpus held out for eval, in (0, 0.5]")
+    loader: str = flag("numpy", "training batches: 'numpy' (TokenWindows) or 'grain' (a grain "
+                                "pipeline sharded per process; pip install 'jaxinterp[grain]')")
     # model
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
-    attn_only: bool = False
-    positional_embedding_type: str = "standard"
+    n_layers: int = flag(2, "transformer layers (0: embed then unembed)")
+    d_model: int = flag(128, "residual stream width")
+    n_heads: int = flag(4, "attention heads (must divide d_model)")
+    d_mlp: int = flag(512, "MLP width")
+    attn_only: bool = flag(False, "attention-only model (no MLPs)")
+    positional_embedding_type: str = flag("standard", "'standard' (learned), 'rotary' or 'none'")
     # optimisation
-    steps: int = 800
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.05
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 200
-    checkpoint_every: int = 200
-    progress: bool = True
+    steps: int = flag(800, "optimiser updates (a rerun with more steps extends the run)")
+    lr: float = flag(3e-3, "peak learning rate (AdamW, warm-up then cosine decay)")
+    warmup: int = flag(50, "warm-up steps")
+    weight_decay: float = flag(0.05, "AdamW weight decay")
+    seed: int = flag(0, "seed for initialisation and data order")
+    log_every: int = flag(20, "log loss every this many steps")
+    eval_every: int = flag(200, "evaluate every this many steps (0: only at the end)")
+    checkpoint_every: int = flag(200, "checkpoint every this many steps (0: never; no resume)")
+    progress: bool = flag(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_config(self, positive=("vocab_size", "seq_len", "batch_size", "d_model", "n_heads",
+                                     "d_mlp", "steps", "log_every"),
+                     non_negative=("n_layers", "warmup", "eval_every", "checkpoint_every"))
+        if not 0 < self.val_fraction <= 0.5:
+            raise ConfigError(f"--val-fraction must be in (0, 0.5], got {self.val_fraction}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"--n-heads ({self.n_heads}) must divide --d-model ({self.d_model})")
+        if self.positional_embedding_type not in ("standard", "rotary", "none"):
+            raise ConfigError("--positional-embedding-type must be 'standard', 'rotary' or 'none', "
+                              f"got {self.positional_embedding_type!r}")
+        if self.tokenizer == "bpe" and self.vocab_size < 257:
+            raise ConfigError(f"--vocab-size must be at least 257 for a byte-level BPE, got {self.vocab_size}")
+        check_memory(self)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+
+def check_memory(cfg: LMConfig) -> None:
+    """Refuses a run whose training step cannot fit in this machine's memory (a rough,
+    generous estimate of the float32 activations the forward and backward keep)."""
+    b, p, L = cfg.batch_size, cfg.seq_len, max(cfg.n_layers, 1)
+    per_layer = cfg.n_heads * p * p * 3 + p * (12 * cfg.d_model + (0 if cfg.attn_only else 3 * cfg.d_mlp))
+    need = 4 * b * (L * per_layer + 3 * p * cfg.vocab_size)
+    have = available_memory()
+    if have and need > have:
+        raise ConfigError(f"--seq-len {cfg.seq_len} with --batch-size {cfg.batch_size} needs about "
+                          f"{need / 2**30:,.0f} GiB of activations per step; this machine has "
+                          f"{have / 2**30:,.0f} GiB. Use a shorter --seq-len or smaller --batch-size.")
 
 
 def _documents(cfg: LMConfig) -> list[str]:
@@ -115,8 +151,15 @@ def corpus_splits(cfg: LMConfig):
 
 def train_lm(cfg: LMConfig) -> dict:
     """Runs the whole pipeline; returns the summary also written to ``report.json``."""
+    if cfg.loader not in ("numpy", "grain"):
+        raise ConfigError(f"loader must be 'numpy' or 'grain', got {cfg.loader!r}")
     tokenizer, tokens, train_tokens, val_tokens = corpus_splits(cfg)
-    train_windows = TokenWindows(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    if cfg.loader == "grain":
+        from jaxinterp.data.grain_source import GrainWindows
+
+        batches = GrainWindows(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch_fn()
+    else:
+        batches = TokenWindows(train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed).batch
     val_windows = TokenWindows(val_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed, shuffle=False)
     mcfg = model_config(cfg, tokenizer.vocab_size)
     model = init_transformer(mcfg, jax.random.key(cfg.seed))
@@ -132,7 +175,7 @@ def train_lm(cfg: LMConfig) -> dict:
 
     start = time.perf_counter()
     result = train(
-        loss_fn, model, optimizer, lambda step: jnp.asarray(train_windows.batch(step)),
+        loss_fn, model, optimizer, lambda step: jnp.asarray(batches(step)),
         TrainConfig(steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
                     eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
                     name=cfg.name, runs_dir=cfg.runs_dir, progress=cfg.progress),
@@ -153,7 +196,10 @@ _NOT_IN_FINGERPRINT = ("name", "runs_dir", "steps", "log_every", "eval_every", "
 
 
 def _fingerprint(cfg: LMConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    if out["loader"] == "numpy":  # runs from before the loader existed still resume
+        del out["loader"]
+    return out
 
 
 def save_model(folder: Path, model: HookedTransformer, tokenizer) -> None:

@@ -5,6 +5,7 @@ matplotlib is imported only when something is drawn, and never through pyplot, s
 ``import jaxinterp`` leaves a notebook's plotting backend alone.
 """
 
+from jaxinterp.viz.attention import attention_figure, attention_patterns
 from jaxinterp.viz.plots import heatmap, heatmaps, line_plot
 
-__all__ = ["heatmap", "heatmaps", "line_plot"]
+__all__ = ["attention_figure", "attention_patterns", "heatmap", "heatmaps", "line_plot"]

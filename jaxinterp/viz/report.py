@@ -31,27 +31,12 @@ def loss_curve_png(train: Sequence[tuple[int, float]], evals: Sequence[tuple[int
 
 
 def attention_png(patterns: np.ndarray, labels: Sequence[str], path: str | Path,
-                  max_heads: int = 8) -> Path:
-    """A grid of attention patterns ``[layer, head, q, k]`` with token labels."""
-    path = Path(path)
-    n_layers, n_heads = patterns.shape[:2]
-    n_heads = min(n_heads, max_heads)
-    fig = figure((2.2 * n_heads, 2.2 * n_layers + 0.4), dpi=110)
-    axes = fig.subplots(n_layers, n_heads, squeeze=False)
-    ticks = [repr(t)[1:-1][:8] for t in labels]
-    for layer in range(n_layers):
-        for head in range(n_heads):
-            ax = axes[layer, head]
-            ax.imshow(patterns[layer, head], cmap="Blues", vmin=0, vmax=1)
-            ax.set_title(f"L{layer}H{head}", fontsize=8)
-            show = len(ticks) <= 24
-            ax.set_xticks(range(len(ticks)) if show else [])
-            ax.set_yticks(range(len(ticks)) if show else [])
-            if show:
-                ax.set_xticklabels(ticks, rotation=90, fontsize=4)
-                ax.set_yticklabels(ticks, fontsize=4)
-    fig.suptitle("attention patterns (query rows, key columns)", fontsize=9)
-    return save(fig, path)
+                  layers: Sequence[int] | None = None) -> Path:
+    """Every head's attention pattern ``[layer, head, q, k]`` with token labels."""
+    from jaxinterp.viz.attention import attention_patterns
+
+    return attention_patterns(patterns, labels, path, layers=layers,
+                              title="attention patterns (query rows, key columns)")
 
 
 def sample_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,

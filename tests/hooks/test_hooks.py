@@ -126,7 +126,7 @@ def test_order_survives_jit_with_ten_plus_layers(toks):
     jitted = jax.jit(lambda m, t: run_with_cache(m, t, names=names))(deep, toks)[1]
     want = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(11)] + ["ln_final.hook_scale"]
     assert list(eager) == list(jitted) == want
-    assert type(jitted) is Cache
+    assert isinstance(jitted, Cache)
     assert list(jax.tree.map(jnp.zeros_like, jitted)) == want
 
 
@@ -182,7 +182,7 @@ def test_layer_pos_head_selection(model, toks, clean):
     want = z.at[:, -1, 2].set(0.0)
     close(got["blocks.1.attn.hook_z"], want)
     x = jnp.ones((4, 3))  # a per-example [pos, d] activation: pos counts from the end too
-    out = run_with_hooks(lambda a: hook("h", a), x, interventions=[patch("h", 5.0, pos=jnp.array([0, 2]))])
+    out = run_with_hooks(lambda a: hook("h", a), x, interventions=[patch("h", 5.0, pos=jnp.array([0, 2]), axes=("pos", "d"))])
     close(out[:, 0], jnp.array([5.0, 1.0, 5.0, 1.0]))
 
 

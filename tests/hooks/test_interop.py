@@ -83,7 +83,8 @@ def test_linen_patch_and_vmapped_sweep(linen):
     _, clean = ji.run_with_cache(apply, variables, x2, names="blocks_0.hook_out")
 
     def run(pos, scale):
-        ivs = [ji.patch("blocks_0.hook_out", clean["blocks_0.hook_out"], pos=pos),
+        ivs = [ji.patch("blocks_0.hook_out", clean["blocks_0.hook_out"], pos=pos,
+                        axes=("batch", "pos", "d_model")),
                ji.add("blocks.1.hook_hidden", jnp.ones(2 * D), scale=scale)]
         return ji.run_with_hooks(apply, variables, x, interventions=ivs)
 
@@ -220,7 +221,7 @@ def test_equinox_vmapped_interventions(eqx_net, linen):
 
     def run(x, layer, pos):  # one example: patch block `layer`'s output at `pos` from xs[0]
         src = jnp.stack([clean["blocks.0.hook_out"], clean["blocks.1.hook_out"]])[layer]
-        ivs = [ji.patch("blocks.*.hook_out", src, layer=layer, pos=pos)]
+        ivs = [ji.patch("blocks.*.hook_out", src, layer=layer, pos=pos, axes=("pos", "d_model"))]
         return ji.run_with_hooks(hooked, x, interventions=ivs)
 
     layers, positions = jnp.array([0, 0, 1]), jnp.array([1, 3, 2])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _interp_helpers import tiny
 
-from jaxinterp.errors import HookNameError, ShapeError
+from jaxinterp.errors import HookNameError, IndexRangeError, ShapeError
 from jaxinterp.hooks import edit, run_with_cache, run_with_hooks
 from jaxinterp.interp import (
     ablate_direction,
@@ -80,11 +80,11 @@ def test_edge_knockout_equals_masking_the_scores(prompts):
 def test_bad_ablations(prompts):
     clean, _, _, _ = prompts
     model = tiny("gpt2")
-    with pytest.raises(ShapeError, match="head 4 is out of range"):
+    with pytest.raises(IndexRangeError, match="head 4 is out of range"):
         ablate_heads(model, [(0, 4)])
-    with pytest.raises(ShapeError, match="layer 3 is out of range"):
+    with pytest.raises(IndexRangeError, match="layer 3 is out of range"):
         ablate_layers(model, [3])
-    with pytest.raises(ShapeError, match="neuron 64 is out of range"):
+    with pytest.raises(IndexRangeError, match="neuron 64 is out of range"):
         ablate_neurons(model, [(0, 64)])
     with pytest.raises(ValueError, match="reference tokens"):
         ablate_heads(model, [(0, 0)], method="mean")

@@ -27,7 +27,7 @@ def test_logit_lens_ends_at_the_logits(prompts, family):
     resid = accumulated_resid(model, clean)
     # Each layer's own norm statistics: layer 1's lens is unembed(resid_pre of layer 1).
     np.testing.assert_allclose(lens.values[1], unembed(model, resid.values[1]), atol=1e-5)
-    np.testing.assert_allclose(logit_lens(model, clean, pos=-1).values, lens.values[:, :, -1], atol=1e-6)
+    np.testing.assert_allclose(logit_lens(model, clean, pos=-1).values, lens.values[:, :, -1], rtol=1e-6, atol=1e-6)
 
 
 def test_decomposition_sums_to_the_final_residual(prompts):

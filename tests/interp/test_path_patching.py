@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from _interp_helpers import tiny
 
-from jaxinterp.errors import ShapeError
+from jaxinterp.errors import IndexRangeError, ShapeError
 from jaxinterp.hooks import patch, run_with_cache, run_with_hooks
 from jaxinterp.interp import logit_diff, path_patching, path_patching_sweep
 
@@ -67,9 +67,9 @@ def test_sweep_matches_single_calls(prompts):
 def test_bad_senders_and_receivers(prompts):
     clean, corrupted, correct, wrong = prompts
     model, metric = tiny("gpt2"), logit_diff(correct, wrong)
-    with pytest.raises(ShapeError, match="head 4 is out of range"):
+    with pytest.raises(IndexRangeError, match="head 4 is out of range"):
         path_patching(model, clean, corrupted, metric, [(0, 4)], "logits")
-    with pytest.raises(ShapeError, match="layer 5 is out of range"):
+    with pytest.raises(IndexRangeError, match="layer 5 is out of range"):
         path_patching(model, clean, corrupted, metric, [(5, 0)], "logits")
     with pytest.raises(ShapeError, match="unknown receiver"):
         path_patching(model, clean, corrupted, metric, [(0, 0)], [(2, 0, "z")])

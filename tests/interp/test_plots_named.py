@@ -31,3 +31,24 @@ def test_plots_write_pngs(tmp_path):
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ShapeError, match="2-D"):
         heatmap(jnp.zeros(3), tmp_path / "bad.png")
+
+
+def test_attention_grid_draws_every_head_under_its_real_layer():
+    from jaxinterp.viz import attention_figure
+
+    p = np.full((2, 9, 5, 5), 0.2)
+    fig = attention_figure(p, list("abcde"), layers=[17, 18])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [f"L{layer}H{h}" for layer in (17, 18) for h in range(9)]
+    with pytest.raises(ShapeError, match="layer indices"):
+        attention_figure(p, None, layers=[17])
+
+
+def test_colour_map_follows_the_sign_of_the_data(tmp_path):
+    from jaxinterp.viz import plots
+
+    assert plots._cmap(None, plots._signed([np.array([0.0, 0.5])])) == "viridis"
+    assert plots._cmap(None, plots._signed([np.array([-0.1, 0.5])])) == "RdBu_r"
+    a = NamedArray(jnp.ones((2, 2)), ("layer", "head"), attrs={"clean": 2.0, "corrupted": 0.0})
+    assert plots._label(a.normalized(), None).startswith("normalised metric")
+    assert plots._label(NamedArray(jnp.ones((1, 1)), ("a", "b"), attrs={"label": "induction score"}), None) == "induction score"

@@ -42,6 +42,34 @@ SPECS: dict[str, tuple[str, str, dict]] = {
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(
         num_hidden_layers=2, hidden_size=D, num_attention_heads=HEADS, num_key_value_heads=1,
         intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=CTX, sliding_window=16)),
+    # The families of issue 8: windows of 6 cut into the 12-token prompts of the tests,
+    # small soft caps bend the scores and logits, explicit head_dim != d / heads.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=D, num_attention_heads=HEADS, num_key_value_heads=2,
+        head_dim=24, intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=CTX,
+        sliding_window=6, query_pre_attn_scalar=20, attn_logit_softcapping=3.0,
+        final_logit_softcapping=4.0, rope_parameters={"rope_type": "default", "rope_theta": 300.0},
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        num_hidden_layers=3, hidden_size=D, num_attention_heads=HEADS, num_key_value_heads=1,
+        head_dim=16, intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=CTX,
+        sliding_window=6, query_pre_attn_scalar=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}},
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=D, num_attention_heads=HEADS, num_key_value_heads=2,
+        head_dim=24, intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=CTX,
+        rope_theta=500.0, tie_word_embeddings=False)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(
+        num_hidden_layers=2, hidden_size=D, num_attention_heads=HEADS, num_key_value_heads=2,
+        intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=CTX, sliding_window=6,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(
+        n_layer=2, n_embd=D, n_head=HEADS, rotary_dim=8, vocab_size=VOCAB, n_positions=CTX,
+        activation_function="gelu_new", bos_token_id=0, eos_token_id=0)),
 }
 
 

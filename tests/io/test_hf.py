@@ -94,7 +94,8 @@ def test_config_of_loaded_models(hf_checkpoint):
     neox = cfgs["neox"]
     assert (neox.rotary_dim, neox.rotary_base, neox.parallel_attn_mlp) == (4, 500.0, True)
     assert cfgs["llama_tied"].tied_embeddings and cfgs["llama_tied"].n_kv_heads == 2
-    assert cfgs["mistral"].n_ctx == 16  # capped at the sliding window
+    mistral = cfgs["mistral"]  # a sliding window on every layer; the context is not capped
+    assert (mistral.n_ctx, mistral.window_size, mistral.layer_attn_types) == (32, 16, ("local", "local"))
 
 
 @pytest.mark.torch
@@ -212,10 +213,11 @@ def test_rope_scaling_refused_and_rope_fields_read():
     llama = dict(architectures=["LlamaForCausalLM"], hidden_size=32, num_attention_heads=4,
                  num_hidden_layers=1, intermediate_size=64, vocab_size=50, max_position_embeddings=64)
     scaled = llama | {"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5}}
-    with pytest.raises(ConfigError, match="'llama3' is not implemented"):
+    with pytest.raises(ConfigError, match="rope_parameters asks for rope type 'llama3', which is not implemented"):
         config_from_hf(scaled)
-    with pytest.raises(ConfigError, match="'linear'"):
-        config_from_hf(llama | {"rope_scaling": {"type": "linear", "factor": 2.0}})
+    with pytest.raises(ConfigError, match="rope_scaling asks for rope type 'dynamic'"):
+        config_from_hf(llama | {"rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    assert config_from_hf(llama | {"rope_scaling": {"type": "linear", "factor": 2.0}}).rotary_scaling_factor == 2.0
     assert config_from_hf(llama | {"rope_theta": 5e5}).rotary_base == 5e5
     neox = dict(architectures=["GPTNeoXForCausalLM"], hidden_size=32, num_attention_heads=4,
                 num_hidden_layers=1, intermediate_size=64, vocab_size=50, max_position_embeddings=64)

@@ -108,7 +108,7 @@ def test_compiled_program_does_not_grow_with_depth(tokens):
         (jnp.array([[1, 2, 61]]), TokenError, "out of range"),
         (jnp.array([[1, -1]]), TokenError, "out of range"),
         (jnp.zeros((1, 17), jnp.int32), TokenError, "n_ctx"),
-        (jnp.zeros((4,), jnp.int32), ShapeError, "[batch, pos]"),
+        (jnp.zeros((1, 2, 4), jnp.int32), ShapeError, "[batch, pos]"),
         (jnp.zeros((1, 4), jnp.float32), ShapeError, "integers"),
     ],
 )
@@ -150,3 +150,25 @@ def test_concrete_tokens_closed_over_inside_jit(tokens):
     m = init_transformer(CONFIGS["gpt2"], jax.random.key(0))
     out = jax.jit(lambda scale: m(tokens) * scale)(2.0)
     np.testing.assert_allclose(out, 2.0 * m(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_scores_are_scaled_dot_products_and_pattern_their_causal_softmax(model, tokens):
+    """scores = q . k / sqrt(d_head) (rotated q/k where rotary) at unmasked entries; the
+    pattern is the softmax over keys up to the query. Catches a dropped or doubled scale."""
+    cfg = model.cfg
+    rotary = cfg.positional_embedding_type == "rotary"
+    q_name, k_name = ("attn.hook_rot_q", "attn.hook_rot_k") if rotary else ("attn.hook_q", "attn.hook_k")
+    _, cache = ji.run_with_cache(model, tokens, names=[f"blocks.*.{n}" for n in
+                                                      (q_name, k_name, "attn.hook_attn_scores", "attn.hook_pattern")])
+    group = cfg.n_heads // cfg.n_kv_heads
+    causal = np.tril(np.ones((tokens.shape[1],) * 2, bool))
+    for layer in range(cfg.n_layers):
+        q = np.asarray(cache[f"blocks.{layer}.{q_name}"], np.float64)
+        k = np.repeat(np.asarray(cache[f"blocks.{layer}.{k_name}"], np.float64), group, axis=2)
+        want = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(cfg.d_head)
+        scores = np.asarray(cache[f"blocks.{layer}.attn.hook_attn_scores"], np.float64)
+        np.testing.assert_allclose(scores[..., causal], want[..., causal], rtol=1e-4, atol=1e-5)
+        masked = np.where(causal, want, -np.inf)
+        soft = np.exp(masked - masked.max(-1, keepdims=True))
+        soft /= soft.sum(-1, keepdims=True)
+        np.testing.assert_allclose(np.asarray(cache[f"blocks.{layer}.attn.hook_pattern"]), soft, atol=1e-5)
