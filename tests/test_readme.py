@@ -63,3 +63,6 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     np.testing.assert_allclose(ns["result"].params["w"], ns["target"], atol=0.05)
     assert (tmp_path / "runs/readme-fit/checkpoints").is_dir()
     assert jnp.all(ns["out"] >= 0)  # generate returns token ids
+
+    # Toy models: the dense model keeps 2 features, the sparse one all 5.
+    assert list(ns["toy"].n_represented(ns["run"].model)) == [2, 5]

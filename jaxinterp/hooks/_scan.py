@@ -17,33 +17,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import JaxinterpError
-from jaxinterp.hooks._core import (
-    Handler,
-    Site,
-    _current_trace,
-    _Entry,
-    _ScanFrame,
-    _state,
-    layer_scope,
-)
+from jaxinterp.hooks._carry import Receivers, collecting, deliver
+from jaxinterp.hooks._core import _state, in_traced_scope, layer_scope
 from jaxinterp.hooks._jax_internals import is_eager, jaxpr_key
-
-
-@contextlib.contextmanager
-def _scan_frame(prefix: str, n_layers: int) -> Iterator[_ScanFrame]:
-    frame = _ScanFrame(prefix, n_layers)
-    _state.stack.append(_Entry(None, frame, _current_trace()))
-    try:
-        yield frame
-    finally:
-        _state.stack.pop()
 
 
 def scan_layers(
@@ -77,13 +60,13 @@ def scan_layers(
     Returns:
       ``(carry, ys)``, with ``ys`` the stacked per-layer outputs (``None`` without ``extra``).
     """
-    if any(not isinstance(layer, int) for _, layer, _, _ in _state.scope):
+    if in_traced_scope():
         raise JaxinterpError("scan_layers cannot nest inside another scanned layer scope")
     if n_layers == 0:
         return carry, None
     with_extra = extra is not None
     # Which handler gets which emitted value: plain Python, filled in while tracing the body.
-    receivers: dict[tuple[int, str], tuple[Handler, list[int], Site]] = {}
+    receivers: Receivers = {}
 
     # Under inline_jit keep the scan (one traced layer), but inline jits inside the body.
     inline = _state.inline > 0 and jax.config.jax_disable_jit
@@ -93,11 +76,10 @@ def scan_layers(
         with contextlib.ExitStack() as stack:
             if inline:
                 stack.enter_context(jax.disable_jit())
-            frame = stack.enter_context(_scan_frame(prefix, n_layers))
+            frame = stack.enter_context(collecting("scan", receivers))
             stack.enter_context(layer_scope(prefix, index, n_layers, first_layer=first_layer))
             out = block(c, (params, xs[2]) if with_extra else params)
         c, y = out if with_extra else (out, None)
-        receivers.update(frame.receivers)
         return c, (y, frame.emitted)
 
     fn = jax.checkpoint(body) if remat else body
@@ -110,9 +92,7 @@ def scan_layers(
     with jax.disable_jit(False) if inline else contextlib.nullcontext():
         eager = is_eager() and not jax.config.jax_disable_jit
         carry, (ys, emitted) = (_call_cached if eager else _call)(run, carry, layer_params, extra)
-    for key, stacked in emitted.items():
-        handler, layers, site = receivers[key]
-        handler.receive_stacked(site, layers, stacked)
+    deliver(receivers, emitted, stacked=True)
     return carry, ys
 
 

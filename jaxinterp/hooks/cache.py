@@ -16,7 +16,6 @@ per-layer access still finds the layer axis, since it counts from the end.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -143,27 +142,47 @@ class Cache(Mapping):
 
     # Stacked access ----------------------------------------------------------------
     def stacked(self, pattern: str) -> jax.Array:
-        """The stored per-layer stack of a layered hook, e.g. ``"blocks.*.hook_resid_post"``
-        or just ``"hook_resid_post"``; its layer axis holds :meth:`layers` ``(pattern)``."""
-        key = self._stack_key(pattern)
-        return self._store[key]
+        """All layers of one hook, stacked on a new leading layer axis:
+        ``cache.stacked("blocks.*.hook_resid_post")`` (or ``"blocks.{l}.hook_resid_post"``,
+        or just ``"hook_resid_post"``) is ``[n_layers, batch, pos, d_model]``. A scanned
+        model's stack is returned as stored (no copy); layers run in a Python loop are
+        stacked here. Its layer axis holds :meth:`layers` ``(pattern)``."""
+        names = self.layers(pattern)
+        key, _, _ = self._index[names[0]]
+        stored = [self._index[n] for n in names]
+        if all(k == key and pos == i for i, (k, pos, _) in enumerate(stored)) and \
+                self._store[key].shape[self._store[key].ndim - stored[0][2] - 1] == len(names):
+            return self._store[key]
+        values = [self[n] for n in names]
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            from jaxinterp.errors import ShapeError
+
+            detail = ", ".join(f"{n}: {tuple(v.shape)}" for n, v in zip(names, values, strict=True))
+            raise ShapeError(f"cannot stack {pattern!r}: its layers have different shapes ({detail})")
+        axis = values[0].ndim - stored[0][2]  # vmapped caches keep their leading axes first
+        return jax.numpy.stack(values, axis=axis)
 
     def layers(self, pattern: str) -> list[str]:
         """The names, in layer order, along the layer axis of :meth:`stacked`."""
-        key = self._stack_key(pattern)
-        entries = [(pos, n) for n, (k, pos, _) in self._index.items() if k == key]
-        return [n for _, n in sorted(entries)]
+        from jaxinterp.errors import HookNameError, unknown_name_message
+        from jaxinterp.hooks.interventions import layer_in_name
+        from jaxinterp.hooks.patterns import matches
 
-    def _stack_key(self, pattern: str) -> str:
-        keys = {k for k, pos, _ in self._index.values() if pos is not None}
-        hits = [k for k in keys if fnmatch.fnmatchcase(k, pattern) or k.endswith("." + pattern)]
-        if len(hits) != 1:
-            from jaxinterp.errors import HookNameError, unknown_name_message
-
-            if hits:
-                raise HookNameError(f"{pattern!r} matches several stacked hooks: {sorted(hits)}")
-            raise HookNameError(unknown_name_message("stacked hook", pattern, sorted(keys)))
-        return hits[0]
+        hits = [n for n in self._index if matches(n, pattern)]
+        if not hits and "." not in pattern:
+            hits = [n for n in self._index if n.endswith("." + pattern)]
+        if not hits:
+            sites = sorted({_template(n) for n in self._index if layer_in_name(n) is not None})
+            raise HookNameError(unknown_name_message("stacked hook", pattern, sites))
+        flat = [n for n in hits if layer_in_name(n) is None]
+        if flat:
+            raise HookNameError(f"cannot stack {pattern!r}: {flat[0]!r} is not inside a layer (its "
+                                "name has no layer number like blocks.3.…)")
+        groups = sorted({_template(n) for n in hits})
+        if len(groups) > 1:
+            raise HookNameError(f"{pattern!r} matches several per-layer hooks: {groups}; name one")
+        return sorted(hits, key=layer_in_name)
 
     # Pytree ------------------------------------------------------------------------
     def tree_flatten_with_keys(self):
@@ -174,3 +193,15 @@ class Cache(Mapping):
     @classmethod
     def tree_unflatten(cls, aux: _Aux, children):
         return cls(dict(zip(aux.keys, children, strict=True)), dict(aux.index))
+
+
+def _template(name: str) -> str:
+    """The per-layer hook a name belongs to: its layer number replaced by ``*``
+    (``blocks.3.attn.hook_z`` -> ``blocks.*.attn.hook_z``, ``blocks_3.hook_out`` -> ``blocks_*.hook_out``)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        head, _, number = part.rpartition("_")
+        if number.isdigit():
+            parts[i] = f"{head}_*" if head else "*"
+            return ".".join(parts)
+    return name

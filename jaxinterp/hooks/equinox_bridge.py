@@ -2,22 +2,29 @@
 
 An Equinox model is a pytree of modules, so "add hook points" is a tree rewrite:
 :func:`tag_submodules` returns a copy of the model in which each chosen submodule is
-wrapped by :class:`Tagged`, whose ``__call__`` calls the original and tags its output as
-the hook ``{path}.hook_out`` (path from the pytree: ``blocks.0.mlp.hook_out``). Nothing
-is mutated; the weights are shared with the original::
+wrapped by :class:`Tagged`, whose ``__call__`` tags its positional array arguments as
+``{path}.hook_in`` and its output as ``{path}.hook_out`` (path from the pytree:
+``blocks.0.mlp.hook_out``). Nothing is mutated; the weights are shared with the original,
+and the wrapper holds no arrays of its own, so ``eqx.tree_serialise_leaves`` writes the
+same file for both::
 
-    hooked = tag_submodules(model, lambda name, m: name.startswith("blocks."))
-    out, cache = ji.run_with_cache(hooked, x, names="blocks.*.hook_out")
+    hooked = tag_submodules(model)                   # every submodule, inputs and outputs
+    out, cache = ji.run_with_cache(hooked, x, names="blocks.{l}.mlp.hook_out")
 
-Equinox layers act on one example; batch by putting the transform inside ``jax.vmap``::
+Equinox layers act on one example and the model batches with ``jax.vmap``, inside
+(``jax.vmap(self.mlp)(x)`` over positions) and outside (the training step). Both work: a
+hook under the model's own vmap sees the whole batch (``blocks.0.mlp.hook_out`` is
+``[pos, d_model]`` for one example), and the transform goes inside the outer vmap, or
+around it (then the batch axis comes first)::
 
     outs, cache = jax.vmap(lambda x: ji.run_with_cache(hooked, x, names=...))(xs)
+    loss, cache = ji.run_with_cache(loss_fn, hooked, xs, ys, names=...)   # loss_fn vmaps
 
-Limits. A submodule that the model itself calls under ``jax.vmap`` (the usual Equinox
-idiom ``jax.vmap(self.mlp)(x)`` over positions) runs in a nested trace: tagging it raises
-:class:`~jaxinterp.hooks.NestedTraceError`; tag its caller instead. Code that reads a
-wrapped submodule's attributes still works (:class:`Tagged` forwards them), but code that
-checks its type (``isinstance(self.mlp, eqx.nn.MLP)``) sees the wrapper.
+An ``eqx.filter_jit`` inside the function needs ``inline_jit=True``; an
+``eqx.filter_checkpoint`` needs :func:`jaxinterp.hooks.remat` in its place. Code that reads
+a wrapped submodule's attributes still works (:class:`Tagged` forwards them), but code
+that checks its type (``isinstance(self.mlp, eqx.nn.MLP)``) sees the wrapper;
+:func:`untag` removes the wrappers.
 """
 
 from __future__ import annotations
@@ -34,16 +41,20 @@ Select = Callable[[str, eqx.Module], bool]
 
 
 class Tagged(eqx.Module):
-    """Calls ``module`` and tags its output as the hook point ``name``."""
+    """Calls ``module``, tagging its positional arrays as ``in_name`` (unless None) and its
+    output as ``name``."""
 
     module: Any
     name: str = eqx.field(static=True)
+    in_name: str | None = eqx.field(static=True, default=None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.in_name is not None:
+            args = hook_tree(self.in_name, args, scoped=False)
         return hook_tree(self.name, self.module(*args, **kwargs), scoped=False)
 
     def __getattr__(self, item: str) -> Any:  # only reached for names Tagged lacks
-        if item.startswith("__") or item in ("module", "name"):
+        if item.startswith("__") or item in ("module", "name", "in_name"):
             raise AttributeError(item)
         return getattr(self.module, item)
 
@@ -52,14 +63,16 @@ def _key(k: Any) -> str:
     return str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
 
 
-def tag_submodules(model: Any, select: Select | None = None, *, suffix: str = "hook_out") -> Any:
-    """A copy of ``model`` whose callable submodules (at any depth) tag their outputs.
+def tag_submodules(model: Any, select: Select | None = None, *, suffix: str = "hook_out",
+                   inputs: bool = True) -> Any:
+    """A copy of ``model`` whose callable submodules (at any depth) tag inputs and outputs.
 
     Args:
       model: any pytree of Equinox modules; the model itself is not wrapped.
       select: ``select(name, module) -> bool`` keeps only some submodules (default: every
-        callable one); ``name`` is the hook name, e.g. ``"blocks.0.attn.hook_out"``.
-      suffix: last part of the hook names.
+        callable one); ``name`` is the output hook's name, e.g. ``"blocks.0.attn.hook_out"``.
+      suffix: last part of the output hooks' names.
+      inputs: also tag the positional array arguments as ``{path}.hook_in``.
     """
 
     def is_module(x: Any) -> bool:
@@ -76,7 +89,7 @@ def tag_submodules(model: Any, select: Select | None = None, *, suffix: str = "h
                 leaf = rewrite(leaf, where)
                 name = ".".join((*where, suffix))
                 if callable(leaf) and (select is None or select(name, leaf)):
-                    leaf = Tagged(leaf, name)
+                    leaf = Tagged(leaf, name, ".".join((*where, "hook_in")) if inputs else None)
             out.append(leaf)
         return jax.tree_util.tree_unflatten(treedef, out)
 

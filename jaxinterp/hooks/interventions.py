@@ -33,7 +33,6 @@ such an index reported as an error instead.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Callable
 from typing import Any
 
@@ -45,12 +44,14 @@ from jaxtyping import Array, ArrayLike, Bool, Int
 from jaxinterp.errors import ArgumentTypeError, IndexRangeError, ShapeError
 from jaxinterp.hooks._checks import check_in_range, is_traced
 from jaxinterp.hooks._core import Site
+from jaxinterp.hooks.patterns import matches
 
 
 def layer_in_name(name: str) -> int | None:
-    """The layer number in a hook name: the first part that is a number (``blocks.3.attn``)
-    or ends in ``_<number>`` (Flax's ``blocks_3.attn``); None if there is none."""
-    for part in name.split("."):
+    """The layer number in a hook name: the first part before the hook's own (last) part
+    that is a number (``blocks.3.attn``) or ends in ``_<number>`` (Flax's
+    ``blocks_3.attn``); None if there is none."""
+    for part in name.split(".")[:-1]:
         number = part.rsplit("_", 1)[-1]
         if number.isdigit():
             return int(number)
@@ -58,7 +59,7 @@ def layer_in_name(name: str) -> int | None:
 
 
 def shown_name(site: Site) -> str:
-    return site.name() if not site.dynamic else site.name("{l}")
+    return site.shown
 
 
 def _normalize(index: Array, size: int) -> Array:
@@ -87,8 +88,8 @@ def check_index(what: str, index: Any, size: int, where: str) -> Any:
 class Intervention(eqx.Module):
     """Replaces the activation at hooks matching ``name`` by ``fn(x, params)``.
 
-    ``name`` may hold wildcards (``*`` matches any characters, dots included;
-    ``blocks.?.hook_out`` matches one character). ``layer`` (an int array, optional)
+    ``name`` may be a pattern (:mod:`jaxinterp.hooks.patterns`: ``{l}`` a layer number,
+    ``*`` within one part, ``**`` across parts). ``layer`` (an int array, optional)
     restricts it to one layer: the scanned or scoped layer index, or else the number in the
     name (``blocks.0.mlp.hook_out``, ``blocks_0.mlp.hook_out``, see :func:`layer_in_name`).
     Being an array it can be vmapped. ``axes`` states the hook's layout when its tag does
@@ -106,12 +107,12 @@ class Intervention(eqx.Module):
     def _active(self, site: Site) -> Any:
         """True, False, or a traced boolean: does this intervention apply at ``site``?"""
         if site.dynamic:
-            mask = [fnmatch.fnmatchcase(n, self.name) for n in site.names()]
+            mask = [matches(n, self.name) for n in site.names()]
             if not any(mask):
                 return False
             active = True if all(mask) else jnp.asarray(mask)[site.layer - site.first]
         else:
-            if not fnmatch.fnmatchcase(site.name(), self.name):
+            if not matches(site.name(), self.name):
                 return False
             active = True
         if self.layer is None:

@@ -20,12 +20,12 @@ inside the scanned layers (at the cost of evaluating it once per matched layer t
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from jaxinterp.errors import ArgumentTypeError, HookNameError
 from jaxinterp.hooks.interventions import Intervention, Layout, Select, layer_in_name
+from jaxinterp.hooks.patterns import is_pattern, matches
 
 FwdHooks = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
 
@@ -67,8 +67,8 @@ def from_fwd_hooks(fwd_hooks: FwdHooks, known: list[str] | None) -> list[Interve
             names = [n for n in known if spec(n)]
             if not names:
                 raise HookNameError("the fwd_hooks predicate matches no hook name")
-        elif known is not None and any(c in spec for c in "*?["):
-            names = [n for n in known if fnmatch.fnmatchcase(n, spec)]
+        elif known is not None and is_pattern(spec):
+            names = [n for n in known if matches(n, spec)]
         else:
             names = [spec]
         out += [Intervention(n, _HookFn(fn, n if known is not None else None)) for n in names]

@@ -28,15 +28,16 @@ the name check reports.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import jax
+import equinox as eqx
 
 from jaxinterp.errors import ArgumentTypeError, HookNameError, IndexRangeError, unknown_name_message
-from jaxinterp.hooks._core import Handler, Site, handler_scope, inline_jit_scope
+from jaxinterp.hooks._core import NestedTraceError, handler_scope, inline_jit_scope
+from jaxinterp.hooks._handlers import _Capture, _Intervene
+from jaxinterp.hooks._nested import warn_skipped
 from jaxinterp.hooks.cache import Cache
 from jaxinterp.hooks.interventions import (
     Intervention,
@@ -47,6 +48,7 @@ from jaxinterp.hooks.interventions import (
     patch,
     with_layer_count,
 )
+from jaxinterp.hooks.patterns import check_one_character, dots_hint, matches
 from jaxinterp.hooks.tl_hooks import FwdHooks, from_fwd_hooks
 
 NameSpec = str | Sequence[str] | Callable[[str], bool] | None
@@ -58,7 +60,7 @@ def _matcher(spec: NameSpec) -> Callable[[str], bool]:
     if callable(spec):
         return spec
     patterns = _patterns(spec)
-    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    return lambda name: any(matches(name, p) for p in patterns)
 
 
 def _patterns(spec: NameSpec) -> list[str]:
@@ -69,94 +71,6 @@ def _patterns(spec: NameSpec) -> list[str]:
         if not isinstance(p, str):
             raise ArgumentTypeError(f"hook names must be strings, got {type(p).__name__}: {p!r}")
     return patterns
-
-
-def _ordered(capture: _Capture) -> Cache:
-    """The captured values as a Cache, names sorted by the order keys the recorder gave."""
-    last = (len(capture.seen) + 1, 0, 0)
-    names = sorted(capture.index, key=lambda n: capture.seen.get(n, last))
-    return Cache(capture.store, {n: capture.index[n] for n in names})
-
-
-# Handlers -----------------------------------------------------------------------------
-
-
-class _Recorder(Handler):
-    """Tracks which hook names were reached, for validation and ordering.
-
-    Each name gets an order key: its arrival count, except that the names of one scanned
-    site (``blocks.{l}.hook_x``, all layers at once) sort by (scan start, layer, arrival),
-    so a scan's cache reads ``blocks.0.*`` then ``blocks.1.*`` like the unrolled model.
-    """
-
-    def __init__(self):
-        self.seen: dict[str, tuple[int, int, int]] = {}
-        self._scans: dict[str, int] = {}
-        self._count = 0
-
-    def note(self, site: Site) -> None:
-        self._count += 1
-        if not site.dynamic:
-            self.seen.setdefault(site.name(), (self._count, -1, 0))
-            return
-        start = self._scans.setdefault(site.prefix, self._count)
-        for i, n in enumerate(site.names()):
-            self.seen.setdefault(n, (start, site.first + i, self._count))
-
-
-class _Capture(_Recorder):
-    def __init__(self, spec: NameSpec):
-        super().__init__()
-        self.match = _matcher(spec)
-        self.store: dict[str, jax.Array] = {}  # storage key -> array (stacked for layers)
-        self.index: dict[str, tuple[str, int | None, int]] = {}  # name -> Cache entry
-
-    def wants(self, name: str) -> bool:
-        return bool(self.match(name))
-
-    def handle(self, site, x, frames_above):
-        self.note(site)
-        if not site.dynamic:
-            if self.match(site.name()):
-                self.store[site.name()] = x
-                self.index[site.name()] = (site.name(), None, x.ndim)
-            return x
-        layers = [i for i, n in enumerate(site.names()) if self.match(n)]
-        if layers:
-            if not frames_above:
-                raise HookNameError(
-                    f"cannot capture {site.name('{l}')!r}: the capturing transform was started "
-                    "inside the scanned layer itself; start it outside ji.scan_layers"
-                )
-            frames_above[-1].emit(self, site, layers, x)
-        return x
-
-    def receive_stacked(self, site, layers, stacked):
-        """One array for all captured layers of a scanned site (a gather if not all)."""
-        key = site.name("*")
-        if len(layers) < stacked.shape[0]:
-            stacked = stacked[jax.numpy.asarray(layers)]
-        self.store[key] = stacked
-        names = site.names()
-        for pos, layer in enumerate(layers):
-            self.index[names[layer]] = (key, pos, stacked.ndim - 1)
-
-
-class _Intervene(_Recorder):
-    def __init__(self, interventions: Sequence[Intervention]):
-        super().__init__()
-        self.interventions = list(interventions)
-        self.applied = [False] * len(self.interventions)
-
-    def wants(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, iv.name) for iv in self.interventions)
-
-    def handle(self, site, x, frames_above):
-        self.note(site)
-        for i, iv in enumerate(self.interventions):
-            x, hit = iv.apply(site, x)
-            self.applied[i] |= hit
-        return x
 
 
 def _as_interventions(interventions: Any) -> list[Intervention]:
@@ -182,7 +96,7 @@ def _layered(iv: Intervention, names: Iterable[str]) -> Intervention:
     """``iv`` with its layer resolved against the layers of the hooks its pattern matches."""
     if iv.layer is None:
         return iv
-    layers = {layer_in_name(n) for n in names if fnmatch.fnmatchcase(n, iv.name)} - {None}
+    layers = {layer_in_name(n) for n in names if matches(n, iv.name)} - {None}
     if not layers:
         raise HookNameError(f"layer= was given, but {iv.name!r} matches no hook inside a layer "
                             "(names like blocks.3.hook_resid_pre); drop layer= or use a layered pattern")
@@ -190,15 +104,21 @@ def _layered(iv: Intervention, names: Iterable[str]) -> Intervention:
 
 
 def _check_applied(handler: _Intervene) -> None:
-    """A concrete layer that never met a hook of its pattern is an error, not a no-op."""
-    for iv, hit in zip(handler.interventions, handler.applied, strict=True):
+    """A ``layer=`` that can never take effect is an error (or, traced, a warning), not a no-op."""
+    for iv, hit, layers in zip(handler.interventions, handler.applied, handler.layers, strict=True):
+        if iv.layer is None:
+            continue
         layer = concrete_layer(iv)
-        if layer is not None and not hit:
-            reached = sorted({layer_in_name(n) for n in handler.seen
-                              if fnmatch.fnmatchcase(n, iv.name)} - {None})
-            span = f"{reached[0]}..{reached[-1]}" if reached else "none"
-            raise IndexRangeError(f"layer={layer} of the intervention on {iv.name!r} never applied: "
+        span = f"{min(layers)}..{max(layers)}" if layers else "none"
+        if not hit:
+            what = f"layer={layer}" if layer is not None else "layer= (traced)"
+            raise IndexRangeError(f"{what} of the intervention on {iv.name!r} never applied: "
                                   f"the hooks reached for that pattern have layers {span}")
+        if layer is None and len(layers) == 1:
+            warnings.warn(
+                f"layer= varies (it is traced, e.g. vmapped) but {iv.name!r} reaches only layer "
+                f"{span}: every other value of layer does nothing. Use a pattern over all layers, "
+                "such as 'blocks.{l}.hook_resid_pre'.", stacklevel=3)
 
 
 def _known_names(fn: Any) -> list[str] | None:
@@ -215,12 +135,23 @@ _NOTHING_REACHED = (
 def _validate(patterns: Iterable[str], valid: Iterable[str], after_run: bool = False) -> None:
     valid = list(valid)
     for p in patterns:
-        if not any(fnmatch.fnmatchcase(v, p) for v in valid):
-            msg = unknown_name_message("hook name", p, valid)
+        check_one_character(p, valid)
+        if not any(matches(v, p) for v in valid):
+            msg = unknown_name_message("hook name", p, valid) + dots_hint(p, valid)
             if after_run:
                 msg += " (no hook with that name was reached while running the function)"
                 msg += "" if valid else _NOTHING_REACHED
             raise HookNameError(msg)
+
+
+def _warn_repeats(recorder: _Capture) -> None:
+    if recorder.repeated:
+        shown = ", ".join(f"{n!r} ({k} times)" for n, k in list(recorder.repeated.items())[:5])
+        warnings.warn(
+            f"hook {shown} reached more than once in one run: a capture keeps the last value and "
+            "an intervention applies at each. If these are different layers, name each with "
+            "`with ji.layer_scope('blocks', i):` (a module called twice is one name by design).",
+            stacklevel=3)
 
 
 def run_with_hooks(fn: Callable, *args: Any, interventions: Any = (), names: NameSpec | bool = False,
@@ -259,7 +190,8 @@ def run_with_hooks(fn: Callable, *args: Any, interventions: Any = (), names: Nam
     if known_here is not None:
         _validate(wanted, known_here)
         interventions = [_layered(iv, known_here) for iv in interventions]
-    inner, outer = _Intervene(interventions), _Capture(names if capture else (lambda n: False))
+    inner = _Intervene(interventions)
+    outer = _Capture(_matcher(names) if capture else (lambda n: False), everything=names is None)
     with handler_scope(outer), handler_scope(inner):
         with inline_jit_scope() if inline_jit else contextlib.nullcontext():
             out = fn(*args, **kwargs)
@@ -267,11 +199,18 @@ def run_with_hooks(fn: Callable, *args: Any, interventions: Any = (), names: Nam
         _validate(wanted, outer.seen, after_run=True)
         if not outer.seen and capture and not wanted:
             warnings.warn("run_with_cache reached no hook point." + _NOTHING_REACHED, stacklevel=2)
-    inner.seen = outer.seen
     _check_applied(inner)
+    _warn_repeats(outer)
     if not capture:
         return out
-    cache = _ordered(outer)
+    if names is None and outer.skipped:
+        if not outer.store:
+            from jaxinterp.hooks._nested import nested_error
+
+            name, where = next(iter(outer.skipped.items()))
+            raise nested_error(name, where)
+        warn_skipped(outer.skipped)
+    cache = outer.cache()
     wrap = getattr(fn, "wrap_cache", None)  # a model may bind itself to its cache
     return out, (wrap(cache) if callable(wrap) else cache)
 
@@ -293,18 +232,20 @@ def hook_names(fn: Callable, *args: Any, inline_jit: bool = False, **kwargs: Any
     if known is not None:
         return known
     seen: dict[str, tuple[int, int, int]] = {}
+    # The function's own arrays (a model's weights) go in as arguments too (NNX's lifted
+    # transforms refuse state captured from outside the trace); non-arrays stay static.
 
-    def probe(*a):
+    def probe(fn, *a):
         rec = _Capture(lambda n: False)
         with handler_scope(rec), inline_jit_scope() if inline_jit else contextlib.nullcontext():
             out = fn(*a, **kwargs)
         seen.update(rec.seen)
         return out
 
-    jax.eval_shape(probe, *args)
+    eqx.filter_eval_shape(probe, fn, *args)
     return sorted(seen, key=seen.__getitem__)
 
 
 __all__ = [
-    "Cache", "Intervention", "add", "edit", "hook_names", "patch", "run_with_cache", "run_with_hooks",
+    "Cache", "Intervention", "NestedTraceError", "add", "edit", "hook_names", "patch", "run_with_cache", "run_with_hooks",
 ]

@@ -31,6 +31,10 @@ RECIPES: dict[str, tuple[str, str, str, str]] = {
                       "conv net on rendered shapes: measured edge/curve units, visualisations, weight circuits"),
     "text_featurevis": ("jaxinterp.recipes.text_featurevis", "TextFeatureVisConfig", "run_text_featurevis",
                         "LM neurons visualised by soft prompts and token search, against their top contexts"),
+    "superposition": ("jaxinterp.recipes.superposition", "SuperpositionConfig", "run_superposition",
+                      "toy models of superposition: intro figure, basic results, pentagon, dimensionality, phase diagram"),
+    "double_descent": ("jaxinterp.recipes.double_descent", "DoubleDescentConfig", "run_double_descent",
+                       "superposition, memorisation and double descent: test loss against training-set size"),
 }
 
 

@@ -274,12 +274,23 @@ def test_wrong_shapes_raise_shape_error(model, toks):
         run_with_cache(lambda x: hook("pair", (x, x)), jnp.ones(2))
 
 
-def test_nested_transforms_inside_raise_a_helpful_error():
+def test_nested_transforms_inside_name_the_transform_and_the_fix():
     x = jnp.ones((3, 2))
-    for inner in (jax.jit(lambda a: mlp(a) + 1), jax.vmap(mlp),
-                  lambda a: jax.lax.scan(lambda c, r: (c, mlp(r)), 0.0, a)[1]):
-        with pytest.raises(NestedTraceError, match="inline_jit=True"):
+    for inner, where, fix in ((jax.jit(lambda a: mlp(a) + 1), "jax.jit", "inline_jit=True"),
+                              (lambda a: jax.lax.scan(lambda c, r: (c, mlp(r)), 0.0, a)[1],
+                               "lax.scan", "scan_layers"),
+                              (jax.checkpoint(mlp), "jax.checkpoint", "ji.remat"),
+                              (lambda a: jax.lax.cond(True, mlp, lambda b: b.sum(-1), a), "lax.cond",
+                               "outside the branch")):
+        with pytest.raises(NestedTraceError, match=f"inside {where}.*{fix}"):
+            run_with_cache(inner, x, names="hidden.hook_post")
+        with pytest.raises(NestedTraceError, match=where):  # everything, but nothing reachable
             run_with_cache(inner, x)
+        out = run_with_hooks(inner, x, interventions=[])  # nobody asked: no error
+        close(out, inner(x))
+    # The model's own vmap: the transform sees the whole batch.
+    _, cache = run_with_cache(jax.vmap(mlp), x)
+    close(cache["hidden.hook_post"], jnp.tanh(2 * x))
 
 
 def test_cached_inner_jit_is_reported_and_inline_jit_fixes_it(model, toks, clean):

@@ -61,9 +61,10 @@ def test_linen_bridge_matches_flax_capture_intermediates(linen):
     model, variables, x = linen
     apply = hooked_apply(model)
     names = ji.hook_names(apply, variables, x)
-    assert names[:5] == ["embed.hook_out", "blocks_0.up.hook_out", "blocks.0.hook_hidden",
-                         "blocks_0.down.hook_out", "blocks_0.hook_out"]
-    assert names[-2:] == ["head.hook_out", "hook_out"] and len(names) == 11
+    assert names[:8] == ["hook_in", "embed.hook_in", "embed.hook_out", "blocks_0.hook_in",
+                         "blocks_0.up.hook_in", "blocks_0.up.hook_out", "blocks.0.hook_hidden",
+                         "blocks_0.down.hook_in"]
+    assert names[-3:] == ["head.hook_in", "head.hook_out", "hook_out"] and len(names) == 20
     out, cache = jax.jit(lambda v, x: ji.run_with_cache(apply, v, x))(variables, x)
     ref, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
     inter = state["intermediates"]
@@ -71,6 +72,8 @@ def test_linen_bridge_matches_flax_capture_intermediates(linen):
     close(cache["blocks_1.hook_out"], inter["blocks_1"]["__call__"][0])
     close(cache["blocks_0.up.hook_out"], inter["blocks_0"]["up"]["__call__"][0])
     close(cache["hook_out"], ref)
+    close(cache["blocks_1.hook_in"], cache["blocks_0.hook_out"])  # the residual before block 1
+    close(cache["hook_in"], x)
     assert set(cache) == set(names) and "blocks.1.hook_hidden" in cache  # edit + bridge
 
 
@@ -141,11 +144,13 @@ class NNXNet(nnx.Module):
 def test_nnx_edit_and_bridge(linen):
     x = linen[2]
     model = NNXNet(nnx.Rngs(0))
+    before = model(x)
     hooked = tag_nnx_submodules(model, lambda name, m: name.count(".") == 2)  # blocks.{i}
-    assert type(model.blocks[0]) is nnx.Sequential  # the original is untouched
+    assert hooked is model and isinstance(model.blocks[0], nnx.Sequential)  # tagged in place
     out, cache = ji.run_with_cache(hooked, x)
-    assert list(cache) == ["hook_embed", "blocks.0.hook_out", "blocks.1.hook_out"]
-    close(out, model(x))
+    assert list(cache) == ["hook_embed", "blocks.0.hook_in", "blocks.0.hook_out", "blocks.1.hook_in",
+                           "blocks.1.hook_out"]
+    close(out, before)
     close(cache["blocks.0.hook_out"], model.blocks[0](causal_mean(cache["hook_embed"])))
     # layer= also selects by the layer number in a bridge's name, so layers can be vmapped.
     ablated = jax.vmap(lambda layer: ji.run_with_hooks(
@@ -200,15 +205,18 @@ def test_equinox_per_example_cache_and_bridge(eqx_net, linen):
     hooked = tag_submodules(eqx_net, lambda name, m: isinstance(m, EqxBlock))
     assert isinstance(hooked.blocks[0], Tagged) and hooked.blocks[0].up.weight is eqx_net.blocks[0].up.weight
     outs, cache = jax.vmap(lambda x: ji.run_with_cache(hooked, x))(xs)
-    assert list(cache) == ["blocks.0.hook_hidden", "blocks.0.hook_out", "blocks.1.hook_hidden",
-                           "blocks.1.hook_out"]
+    assert list(cache) == ["blocks.0.hook_in", "blocks.0.hook_hidden", "blocks.0.hook_out",
+                           "blocks.1.hook_in", "blocks.1.hook_hidden", "blocks.1.hook_out"]
     close(outs, jax.vmap(eqx_net)(xs))
     after0 = jax.vmap(eqx_net.blocks[0])(jax.vmap(jax.vmap(eqx_net.embed))(xs))
     close(cache["blocks.0.hook_out"], after0)
     assert cache["blocks.1.hook_hidden"].shape == (B, P, 2 * D)
     assert jax.tree.structure(untag(hooked)) == jax.tree.structure(eqx_net)
-    with pytest.raises(NestedTraceError, match="inside a JAX transform"):  # called under vmap
-        ji.run_with_cache(tag_submodules(eqx_net), xs[0])
+    # Every module, including the Linears the model calls under its own jax.vmap: the hook
+    # sees the whole batch of positions.
+    _, every = ji.run_with_cache(tag_submodules(eqx_net), xs[0], names="blocks.0.up.hook_out")
+    close(every["blocks.0.up.hook_out"], jax.vmap(eqx_net.blocks[0].up)(
+        causal_mean(jax.vmap(eqx_net.embed)(xs[0]))))
     fast = eqx.filter_jit(hooked)  # a user's jit around the model: inline it
     _, inlined = ji.run_with_cache(fast, xs[0], names="blocks.1.hook_out", inline_jit=True)
     close(inlined["blocks.1.hook_out"], cache["blocks.1.hook_out"][0])

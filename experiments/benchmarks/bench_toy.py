@@ -1,0 +1,223 @@
+"""Benchmark: many toy models as one program, against a Python loop of a jitted step.
+
+256 ReLU output models (n=20 features, m=5 hidden, batch 1024, feature probability 0.1,
+importance 0.7^i), AdamW. In one process it times (median of repeats, steady state after
+compilation, whose time is printed separately):
+
+* ``one program``: :func:`jaxinterp.models.toy.make_chunk`, the trainer's program:
+  ``scan`` over steps of a ``vmap`` over blocks of instances (the CPU default block), with
+  on-device data from the fused Threefry sampler;
+* ``loop``: the same per-instance step (:func:`make_instance_step`), ``jax.jit``-ed once
+  and called for each instance at each step from Python (one dispatch per instance-step);
+* where the time goes: the step without sampling (a fixed batch), the sampler alone, the
+  plain ``vmap`` over all 256 instances (one block), and the sampler variants that were
+  measured before choosing this one (``jax.random`` threefry and philox bits, and the
+  textbook two draws per entry);
+* ``train_toys`` itself on one and on two CPU devices (one per core, instances sharded);
+* a roofline for the one-program step: bytes (XLA's cost analysis of one vmapped step)
+  over a measured copy bandwidth, and FLOPs over a measured matmul rate.
+
+Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.models import toy
+from jaxinterp.models.toy.train import block_size, make_chunk
+
+I, B, N, M, P = 256, 1024, 20, 5, 0.1
+
+
+CPU_TIMES: list[float] = []  # process CPU seconds of the last median_time's median repeat
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()``; the matching CPU seconds go to ``CPU_TIMES``.
+
+    On a machine shared with other jobs, wall time counts the waits for a core; process
+    CPU time (all threads) does not, so its ratios stand in for a quiet machine's."""
+    jax.block_until_ready(fn())  # compile / warm up
+    times, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    CPU_TIMES[:] = [float(np.median(cpu))]
+    return float(np.median(times))
+
+
+def setup(train: toy.ToyTrainConfig):
+    cfg = toy.ToyConfig(N, M)
+    opt = train.optimizer()
+    key = jax.random.key(0)
+    models = toy.init_toys(cfg, toy.instance_keys(jax.random.fold_in(key, 0), I))
+    state = (models, jax.vmap(opt.init)(models))
+    keys = toy.instance_keys(jax.random.fold_in(key, 1), I)
+    sources = toy.OnlineFeatures(jnp.full((I,), P, jnp.float32), B, N)
+    importance = jnp.broadcast_to(jnp.asarray(toy.geometric_importance(N, 0.7)), (I, N))
+    return cfg, opt, state, sources, importance, keys
+
+
+class Sampler(toy.OnlineFeatures):
+    """OnlineFeatures with another way of drawing the bits (the alternatives measured)."""
+
+    how: str = eqx.field(static=True, default="two_draws")
+
+    def sample(self, key):
+        shape = (self.batch_size, self.n_features)
+        if self.how == "two_draws":  # textbook: a mask draw and a value draw, jax.random
+            return toy.sample_features_two_draws(key, self.feature_probability, *shape), None
+        u = jax.random.bits(key, shape, jnp.uint32).astype(jnp.float32) * 2.0**-32
+        return jnp.where(u <= self.feature_probability, u / self.feature_probability, 0.0), None
+
+
+def one_program(cfg, opt, state, sources, importance, keys, steps, block, impl="threefry2x32"):
+    chunk = jax.jit(make_chunk(cfg, opt, steps, (block,), impl))
+    args = ((state,), ((sources, importance, jax.random.key_data(keys)),), jnp.int32(0))
+    t = time.perf_counter()
+    compiled = chunk.lower(*args).compile()
+    return compiled, args, time.perf_counter() - t
+
+
+def loop_step_time(cfg, opt, state, sources, importance, keys, steps, repeats):
+    step = jax.jit(toy.make_instance_step(cfg, opt))
+    per = [jax.tree.map(lambda a, i=i: a[i], (state, sources, importance, keys)) for i in range(I)]
+    states = [p[0] for p in per]
+    step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(steps)))(keys)
+    step_keys = [[step_keys[i, t] for t in range(steps)] for i in range(I)]
+    t = time.perf_counter()
+    jax.block_until_ready(step(*states[0], *per[0][1:3], step_keys[0][0]))
+    compile_s = time.perf_counter() - t
+
+    def run():
+        for t_ in range(steps):
+            for i in range(I):
+                model, opt_state, _ = step(*states[i], per[i][1], per[i][2], step_keys[i][t_])
+                states[i] = (model, opt_state)
+        return states
+
+    return median_time(run, repeats) / steps, compile_s
+
+
+TWO_DEVICES = r"""
+import json, sys, time
+import jax, numpy as np
+from jaxinterp.models import toy
+steps, repeats = int(sys.argv[1]), int(sys.argv[2])
+cfg, p, imp = toy.ToyConfig(20, 5), np.full(256, 0.1), toy.geometric_importance(20, 0.7)
+out = {}
+for name, devices in (("1 device", jax.devices()[:1]), ("2 devices", jax.devices())):
+    train = toy.ToyTrainConfig(steps=steps * repeats, log_every=steps, progress=False)
+    run = toy.train_toys(cfg, p, imp, train, devices=devices)
+    out[name] = [run.train_seconds / train.steps, run.compile_seconds]
+print(json.dumps(out))
+"""
+
+
+def two_devices(steps: int, repeats: int) -> dict:
+    """``train_toys`` on one and on two CPU devices (``--xla_force_host_platform_device_count=2``,
+    one per core), in a subprocess since the flag must be set before JAX starts."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(steps), str(repeats)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def copy_bandwidth(repeats: int) -> float:
+    x = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
+    f = jax.jit(lambda a: a * 1.5)
+    return 2 * x.nbytes / median_time(lambda: f(x), repeats)
+
+
+def matmul_rate(repeats: int) -> float:
+    a = jax.random.normal(jax.random.key(0), (2048, 2048))
+    f = jax.jit(lambda x: x @ x)
+    return 2 * 2048**3 / median_time(lambda: f(a), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    S, R = args.steps, args.repeats
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    train = toy.ToyTrainConfig(batch_size=B)
+    cfg, opt, state, sources, importance, keys = setup(train)
+    block = block_size(cfg, train, B, I, "cpu")
+    fixed = toy.FixedDataset(toy.sample_features(jax.random.key(5), P, B * I, N).reshape(I, B, N),
+                             jnp.ones((I, B)))
+
+    rows = {}
+    variants = [("one program", sources, block), ("one program, no sampling", fixed, block)]
+    variants += [(f"one program, blocks of {b}", sources, b) for b in (1, 2, 8, 16) if b != block]
+    variants += [("plain vmap over 256 (one block)", sources, I)]
+    for name, src, blk in variants:
+        compiled, a, comp = one_program(cfg, opt, state, src, importance, keys, S, blk)
+        rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+    for how in ("two_draws", "bits"):
+        for impl in (("threefry2x32", "philox2x32") if how == "bits" else ("threefry2x32",)):
+            src = Sampler(sources.feature_probability, B, N, False, how)
+            ks = toy.instance_keys(jax.random.key(1, impl=impl), I)
+            compiled, a, comp = one_program(cfg, opt, state, src, importance, ks, S, block, impl)
+            rows[f"one program, sampler: jax.random {impl} ({how.replace('_', ' ')})"] = (
+                median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+
+    @jax.jit
+    def sample_only(keys, t0):
+        def body(c, t):
+            x = jax.vmap(lambda k: toy.sample_features(jax.random.fold_in(k, t), P, B, N))(keys)
+            return c + x.sum(), None
+        return jax.lax.scan(body, jnp.float32(0), t0 + jnp.arange(S))[0]
+
+    rows["sampler alone (fused Threefry, one draw)"] = (
+        median_time(lambda: sample_only(keys, jnp.int32(0)), R) / S, 0.0, CPU_TIMES[0] / S)
+    loop_steps = max(2, S // 10)
+    loop_s, loop_compile = loop_step_time(cfg, opt, state, sources, importance, keys, loop_steps, R)
+    rows["loop of a jitted per-instance step"] = (loop_s, loop_compile, CPU_TIMES[0] / loop_steps)
+
+    for name, (sec, comp) in two_devices(S, R).items():
+        rows[f"train_toys, {name} (XLA host device count 2)"] = (sec, comp, float("nan"))
+
+    base, base_cpu = rows["one program"][0], rows["one program"][2]
+    print(f"\n256 instances, n={N}, m={M}, batch {B}, p={P}; block {block} instances; {S} steps per call")
+    print(f"{'variant':62s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s} {'compile s':>9s}")
+    for name, (sec, comp, cpu) in rows.items():
+        print(f"{name:62s} {sec * 1e3:8.2f} {sec / base:6.2f} {cpu * 1e3:8.2f} {cpu / base_cpu:6.2f} {comp:9.2f}")
+    print(f"RATIO loop / one program = {loop_s / base:.1f}x wall, {rows['loop of a jitted per-instance step'][2] / base_cpu:.1f}x CPU time")
+
+    # Roofline of one step: XLA's cost analysis of the vmapped step.
+    step = jax.jit(jax.vmap(toy.make_instance_step(cfg, opt)))
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    cost = step.lower(*state, sources, importance, step_keys).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops, nbytes = float(cost.get("flops", 0)), float(cost.get("bytes accessed", 0))
+    bw, rate = copy_bandwidth(R), matmul_rate(R)
+    t_mem, t_flop = nbytes / bw, flops / rate
+    print(f"\nroofline: {flops / 1e6:.0f} MFLOP and {nbytes / 1e6:.0f} MB per step (XLA cost analysis); "
+          f"copy {bw / 1e9:.1f} GB/s, matmul {rate / 1e9:.1f} GFLOP/s")
+    print(f"  bytes / bandwidth = {t_mem * 1e3:.2f} ms, FLOPs / matmul rate = {t_flop * 1e3:.2f} ms; "
+          f"one-program step {base * 1e3:.2f} ms = {base / max(t_mem, t_flop):.1f}x the roofline")
+
+
+if __name__ == "__main__":
+    main()

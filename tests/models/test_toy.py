@@ -1,0 +1,179 @@
+"""Toy models of superposition: forward passes, data, loss, analyses and bad inputs.
+
+Training (top-m features when dense, superposition when sparse, the pentagon, sharding,
+double descent) is in ``test_toy_train.py``.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxinterp as ji
+from jaxinterp.errors import ConfigError, ShapeError
+from jaxinterp.models import toy
+
+sample = jax.jit(toy.sample_features, static_argnums=(2, 3), static_argnames="signed")
+
+
+def _model(variant, n=6, m=3, seed=0):
+    return toy.init_toy(toy.ToyConfig(n, m, variant), jax.random.key(seed))
+
+
+@pytest.mark.parametrize("variant", ["linear", "relu", "hidden_relu", "abs"])
+def test_forward_matches_the_formula(variant):
+    model = _model(variant)
+    model = jax.tree.map(lambda a: a + 0.1 if a.ndim == 1 else a, model)  # non-zero biases
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (6,)), np.float64)
+    relu = lambda v: np.maximum(v, 0)  # noqa: E731
+    if variant == "abs":
+        W_in, b_in, W_out, b_out = (np.asarray(a, np.float64) for a in
+                                    (model.W_in, model.b_in, model.W_out, model.b_out))
+        want = relu(relu(x @ W_in + b_in) @ W_out + b_out)
+    else:
+        W, b = np.asarray(model.W, np.float64), np.asarray(model.b_final, np.float64)
+        h = x @ W if variant != "hidden_relu" else relu(x @ W)
+        want = h @ W.T + b if variant == "linear" else relu(h @ W.T + b)
+    np.testing.assert_allclose(jax.jit(lambda m, v: m(v))(model, jnp.asarray(x, jnp.float32)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_is_a_hook_point():
+    model = _model("relu")
+    x = jnp.linspace(0, 1, 6)
+    out, cache = ji.run_with_cache(model, x, names=["hook_hidden"])
+    np.testing.assert_allclose(cache["hook_hidden"], x @ model.W, rtol=1e-6)
+    np.testing.assert_allclose(out, model(x), rtol=1e-6)
+
+
+@jax.jit
+def _four_samples(key):
+    k = jax.random.split(key, 4)
+    return (toy.sample_features(k[0], 0.2, 10_000, 8), toy.sample_features_two_draws(k[1], 0.2, 10_000, 8),
+            toy.sample_features(k[2], 0.2, 10_000, 8, signed=True),
+            toy.sample_features_two_draws(k[3], 0.2, 10_000, 8, signed=True))
+
+
+def test_sparse_features_have_the_stated_distribution():
+    p = 0.2
+    one, two, one_signed, two_signed = map(np.asarray, _four_samples(jax.random.key(0)))
+    for x, ref, lo in ((one, two, 0), (one_signed, two_signed, -1)):
+        present = x != 0
+        assert abs(present.mean() - p) < 0.01
+        v = x[present]
+        assert v.min() >= lo and v.max() <= 1
+        assert abs(v.mean() - (lo + 1) / 2) < 0.02  # uniform on [lo, 1]
+        assert abs(v.var() - (1 - lo) ** 2 / 12) < 0.02
+        assert abs(np.corrcoef(present[:, 0], present[:, 1])[0, 1]) < 0.04  # independent
+        # The one-draw sampler matches the textbook two-draw one in distribution.
+        assert abs((ref != 0).mean() - present.mean()) < 0.01
+        qs = [0.1, 0.5, 0.9]
+        np.testing.assert_allclose(np.quantile(v, qs), np.quantile(ref[ref != 0], qs), atol=0.04)
+
+
+def test_sparse_features_edge_probabilities():
+    key = jax.random.key(3)
+    assert not np.asarray(sample(key, 0.0, 512, 8)).any()
+    dense = np.asarray(sample(key, 1.0, 512, 8))
+    assert (dense > 0).mean() > 0.999 and dense.max() <= 1
+    rare = np.asarray(sample(key, 1e-4, 200_000, 5))
+    assert 40 < (rare != 0).sum() < 170 and len(np.unique(rare[rare != 0])) == (rare != 0).sum()
+
+
+def test_importance_weighted_mse():
+    rng = np.random.default_rng(0)
+    pred, y = rng.normal(size=(7, 4)), rng.normal(size=(7, 4))
+    imp, w = rng.uniform(size=4), np.array([1, 1, 1, 0, 1, 0, 1.0])
+    got = toy.importance_weighted_mse(jnp.asarray(pred), jnp.asarray(y), jnp.asarray(imp))
+    np.testing.assert_allclose(got, np.mean(imp * (y - pred) ** 2), rtol=1e-6)
+    got_w = toy.importance_weighted_mse(jnp.asarray(pred), jnp.asarray(y), jnp.asarray(imp), jnp.asarray(w))
+    np.testing.assert_allclose(got_w, np.mean((imp * (y - pred) ** 2)[w > 0]), rtol=1e-6)
+
+
+def _polygon(k, radius=1.0, phase=0.3):
+    a = phase + 2 * np.pi * np.arange(k) / k
+    return radius * np.stack([np.cos(a), np.sin(a)], 1)
+
+
+def _tegum(*blocks, extra_zero_features=0):
+    """Block-diagonal feature vectors: each block in its own orthogonal subspace."""
+    dims = sum(b.shape[1] for b in blocks)
+    rows, col = [], 0
+    for b in blocks:
+        r = np.zeros((b.shape[0], dims))
+        r[:, col: col + b.shape[1]] = b
+        rows.append(r)
+        col += b.shape[1]
+    rows.append(np.zeros((extra_zero_features, dims)))
+    return np.concatenate(rows)
+
+
+def test_geometry_is_found_from_the_vectors():
+    tetra = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / math.sqrt(3)
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.normal(size=(9, 9)))[0]
+    W = _tegum(_polygon(5), _polygon(3), np.array([[1.0], [-1.0]]), tetra, np.array([[1.0]]),
+               extra_zero_features=4) @ rotation  # the geometry must not depend on the basis
+    W = W + 0.01 * rng.normal(size=W.shape)
+    W[-4:] *= 0.1  # not represented
+    groups = toy.feature_geometry(W)
+    assert [g.name for g in groups] == ["pentagon", "tetrahedron", "triangle", "antipodal pair",
+                                        "dedicated dimension"]
+    assert [g.features for g in groups][:2] == [(0, 1, 2, 3, 4), (10, 11, 12, 13)]
+    assert all(g.regular for g in groups)
+    D = np.asarray(toy.feature_dimensionality(W))
+    np.testing.assert_allclose(D[:15], [0.4] * 5 + [2 / 3] * 3 + [0.5] * 2 + [0.75] * 4 + [1.0], atol=0.03)
+    assert (D[-4:] < 0.05).all()
+    sup = np.asarray(toy.superposition(W))
+    assert sup[14] < 0.01 and sup[8] > 0.95  # dedicated vs antipodal
+    np.testing.assert_allclose(toy.dimensions_per_feature(W), 9 / 15, rtol=0.02)
+    assert int(toy.n_represented(W)) == 15
+
+
+def test_irregular_and_unknown_groups_are_reported_as_such():
+    squashed = _polygon(5) * np.array([1.0, 0.6])  # five features in 2-D, not regular
+    (g,) = toy.feature_geometry(squashed)
+    assert g.name == "pentagon" and not g.regular and g.deviation > 0.1
+    (g,) = toy.feature_geometry(_polygon(7))
+    assert g.name == "7 features in 2 dimensions" and g.regular and g.dimensionality == 2 / 7
+
+
+def test_neighbour_angles_and_batched_analyses():
+    W = _polygon(5)[[3, 0, 4, 1, 2]]
+    order, gaps = toy.neighbour_angles(W)
+    np.testing.assert_allclose(gaps, 72.0, atol=1e-6)
+    assert sorted(order.tolist()) == list(range(5))
+    stacked = np.stack([W, 2 * W])  # analyses broadcast over a leading instance axis
+    np.testing.assert_allclose(toy.feature_norms(stacked), [[1] * 5, [2] * 5], rtol=1e-6)
+    np.testing.assert_allclose(toy.dimensions_per_feature(stacked), [0.4, 0.1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, error", [
+    (lambda: toy.ToyConfig(0, 5), ConfigError),
+    (lambda: toy.ToyConfig(5, -2), ConfigError),
+    (lambda: toy.ToyConfig(5, 2.5), ConfigError),
+    (lambda: toy.ToyConfig(5, 2, "tanh"), ConfigError),
+    (lambda: toy.check_probabilities([0.5, 1.5]), ConfigError),
+    (lambda: toy.check_probabilities([-0.1]), ConfigError),
+    (lambda: toy.check_probabilities([float("nan")]), ConfigError),
+    (lambda: toy.check_importance(np.ones(4), 5), ShapeError),
+    (lambda: toy.check_importance([1, float("nan"), 1], 3), ConfigError),
+    (lambda: toy.geometric_importance(5, float("nan")), ConfigError),
+    (lambda: toy.ToyTrainConfig(lr=float("nan")), ConfigError),
+    (lambda: toy.ToyTrainConfig(lr=0.0), ConfigError),
+    (lambda: toy.ToyTrainConfig(weight_decay=float("inf")), ConfigError),
+    (lambda: toy.ToyTrainConfig(steps=0), ConfigError),
+    (lambda: toy.ToyTrainConfig(batch_size=-1), ConfigError),
+    (lambda: toy.ToyTrainConfig(warmup_steps=20, steps=10), ConfigError),
+    (lambda: toy.ToyTrainConfig(prng_impl="mt19937"), ConfigError),
+    (lambda: toy.train_toys(toy.ToyConfig(5, 2), [0.1, 2.0], np.ones(5)), ConfigError),
+    (lambda: toy.train_toys(toy.ToyConfig(5, 2), [0.1, 0.2], np.ones(4)), ShapeError),
+    (lambda: toy.train_toys(toy.ToyConfig(5, 2), [0.1, 0.2], np.ones((3, 5))), ShapeError),
+    (lambda: toy.feature_geometry(np.ones((2, 5, 2))), ShapeError),
+    (lambda: toy.neighbour_angles(np.ones((5, 3))), ShapeError),
+])
+def test_bad_inputs_raise_clear_errors(bad, error):
+    with pytest.raises(error) as info:
+        bad()
+    assert len(str(info.value)) > 20  # says what was wrong and what was expected
