@@ -19,7 +19,7 @@ import sys
 import time
 
 if "--process" in sys.argv:  # before jax is imported
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
