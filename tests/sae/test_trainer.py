@@ -141,7 +141,6 @@ def committed(folder: Path) -> list[int]:
 
 
 def test_sigkill_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
-    reference = launch(str(tmp_path / "a"), "run", "--steps", "30")
     victim = launch(str(tmp_path / "b"), "run", "--steps", "30", "--sleep", "0.1")
     checkpoints = tmp_path / "b" / "run" / "checkpoints"
     deadline = time.monotonic() + 200
@@ -153,8 +152,8 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
     victim.communicate(timeout=60)
     killed_at = committed(checkpoints)[-1]
     assert killed_at < 30 and not (tmp_path / "b" / "run" / "final.npz").exists()
-    finish(reference)
-    finish(launch(str(tmp_path / "b"), "run", "--steps", "30"))
+    # the rerun resumes; then the same process trains the uninterrupted reference into a/
+    finish(launch(str(tmp_path / "b"), "run", "--steps", "30", "--reference", str(tmp_path / "a")))
     info = json.loads((tmp_path / "b" / "run" / "result.json").read_text())
     assert info["resumed_from"] is not None and info["resumed_from"] >= killed_at
     a, b = np.load(tmp_path / "a" / "run" / "final.npz"), np.load(tmp_path / "b" / "run" / "final.npz")
