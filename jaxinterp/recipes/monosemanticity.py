@@ -174,7 +174,7 @@ def run_monosemanticity(config: MonosemanticityConfig) -> dict:
     np.save(saes_dir / "eval_tokens.npy", windows)
     acts = site_activations(model, windows, SITE)[SITE]
     per_width, t_eval = [], time.perf_counter()
-    for name, sae in trained.saes.items():
+    for name, sae in sorted(trained.saes.items(), key=lambda kv: kv[1].cfg.d_sae):  # by width
         folder = saes_dir / name
         save_saelens(sae, folder, model_name=f"{c.name}/lm")
         stats = evaluate_sae(sae, np.array_split(acts, max(len(acts) // 4096, 1)))
