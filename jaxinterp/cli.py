@@ -1,7 +1,7 @@
 """The ``jaxinterp`` command.
 
     jaxinterp demo                      the main job: a one-layer LM, then SAEs on its MLP
-    jaxinterp train --n-layers 4 ...    train a language model (any field overridden)
+    jaxinterp train --n-layers 4 ...    train a small LM on the embedded corpus
     jaxinterp train-sae --model M --site S   an SAE on any loadable model's hook site
     jaxinterp eval-sae --sae F --model M     evaluate an SAE file on a model
     jaxinterp browse RUN_DIR            every feature of a run's SAEs in an offline browser

@@ -126,7 +126,7 @@ CLI = [
     (["experiment", "ioi", "--layers=-1"], "--layers must be an int >= 0"),
     (["experiment", "ioi", "--layerz", "2"], "did you mean --layers"),
     (["experiment", "ioi", "--checkpoint", "/nonexistent.safetensors"], "no such file"),
-    (["demo", "--sae-batch", "0"], "sae-batch"),
+    (["demo", "--sae-batch", "0"], "--sae-batch must be a positive int"),
 ]
 
 

@@ -65,6 +65,12 @@ def test_readme_snippets_run_and_show_their_effects(tmp_path, monkeypatch, capsy
     # Feature visualisation: optimised inputs beat the best dataset example on every unit.
     assert bool(ns["beats"].all())
 
+    # The SAE snippet: TopK's L0, a good reconstruction, closer to the model than ablation;
+    # splicing with the error term changes nothing; the SAELens folder is written.
+    assert ns["sae_stats"]["l0"] <= 16 and ns["sae_stats"]["fve"] > 0.7, ns["sae_stats"]
+    assert ns["spliced"]["kl"] < ns["spliced"]["kl_zero_ablation"]
+    np.testing.assert_allclose(ns["with_error"], ns["lm"](ns["lm_tokens"][:2]), atol=1e-4)
+    assert (tmp_path / "runs/readme-sae/sae/sae_weights.safetensors").is_file()
     # Features: the top context peaks at the feature's maximum; clamping it raises the
     # probability of the tokens it promotes.
     assert ns["top"]["value"] == pytest.approx(float(ns["analysis"].max_activation[ns["i"]]), rel=1e-5)

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from jaxinterp.data import TokenWindows
-from jaxinterp.recipes import flag, is_fast
+from jaxinterp.errors import ConfigError
+from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.recipes import lm as lm_recipe
 from jaxinterp.sae import SAEConfig
 from jaxinterp.sae.formats import load_saelens, save_saelens
@@ -82,6 +84,25 @@ class MonosemanticityConfig:
     checkpoint_every: int = flag(500, "SAE checkpoint interval (steps)")
     progress: bool = flag(True, "progress bars")
 
+    def __post_init__(self) -> None:
+        check_config(self, positive=("d_model", "d_mlp", "n_heads", "seq_len", "lm_steps", "vocab_size",
+                                     "k", "sae_steps", "sae_batch", "buffer_tokens", "eval_tokens",
+                                     "top_k_contexts"), non_negative=("checkpoint_every",))
+        check_sae_flags(self.architecture, self.sae_lr, self.l1_coefficient, self.l0_coefficient)
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"--n-heads ({self.n_heads}) must divide --d-model ({self.d_model})")
+        widths = self.widths.split(",")
+        if not all(w.strip().isdigit() and int(w) > 0 for w in widths):
+            raise ConfigError(f"--widths must be positive ints separated by commas (multiples of "
+                              f"--d-mlp), got {self.widths!r}")
+        if self.sae_batch > self.buffer_tokens:
+            raise ConfigError(f"--buffer-tokens ({self.buffer_tokens}) must hold at least one "
+                              f"--sae-batch ({self.sae_batch})")
+        if self.mesh:
+            from jaxinterp.sae.sharding import parse_mesh
+
+            parse_mesh(self.mesh)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
@@ -94,6 +115,19 @@ class MonosemanticityConfig:
             self, d_model=32, d_mlp=64, n_heads=2, seq_len=32, lm_steps=60, vocab_size=512,
             widths="1,4", sae_steps=120, sae_batch=256, buffer_tokens=4096, k=8,
             eval_tokens=4096, checkpoint_every=50, top_k_contexts=8)
+
+
+def check_sae_flags(architecture: str, lr: float, l1: float, l0: float, lr_flag: str = "sae-lr") -> None:
+    """Raises ``ConfigError`` naming the flag for an unknown architecture or a bad coefficient."""
+    from jaxinterp.sae.config import _ALIASES, ARCHITECTURES
+
+    if architecture not in ARCHITECTURES and architecture not in _ALIASES:
+        raise ConfigError(f"--architecture must be one of {', '.join(ARCHITECTURES)} (or relu), "
+                          f"got {architecture!r}")
+    for name, value, positive in ((lr_flag, lr, True), ("l1-coefficient", l1, False),
+                                  ("l0-coefficient", l0, False)):
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ConfigError(f"--{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
 
 
 def _lm_config(c: MonosemanticityConfig) -> lm_recipe.LMConfig:
@@ -147,8 +181,9 @@ def run_monosemanticity(config: MonosemanticityConfig) -> dict:
     np.save(saes_dir / "eval_tokens.npy", windows)
     acts = site_activations(model, windows, SITE)[SITE]
     per_width, browsers, t_eval = [], {}, time.perf_counter()
-    widest = list(trained.saes)[-1]
-    for name, sae in trained.saes.items():
+    by_width = sorted(trained.saes.items(), key=lambda kv: kv[1].cfg.d_sae)
+    widest = by_width[-1][0]
+    for name, sae in by_width:
         folder = saes_dir / name
         save_saelens(sae, folder, model_name=f"{c.name}/lm")
         stats = evaluate_sae(sae, np.array_split(acts, max(len(acts) // 4096, 1)))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jaxinterp.errors import ConfigError, DataError
-from jaxinterp.recipes import flag
+from jaxinterp.recipes import check_config, flag
 from jaxinterp.train.runlog import write_json_atomic
 
 
@@ -62,6 +62,20 @@ class TrainSAERecipe:
     seed: int = flag(0, "seed of the SAE and the data order")
     progress: bool = flag(True, "progress bar")
 
+    def __post_init__(self) -> None:
+        from jaxinterp.recipes.monosemanticity import check_sae_flags
+
+        check_config(self, positive=("expansion", "k", "seq_len", "steps", "batch_size", "buffer_tokens",
+                                     "num_processes", "eval_tokens"),
+                     non_negative=("d_sae", "process_id", "checkpoint_every"))
+        check_sae_flags(self.architecture, self.lr, self.l1_coefficient, self.l0_coefficient, "lr")
+        if self.batch_size > self.buffer_tokens:
+            raise ConfigError(f"--buffer-tokens ({self.buffer_tokens}) must hold at least one "
+                              f"--batch-size ({self.batch_size})")
+        if self.process_id >= self.num_processes:
+            raise ConfigError(f"--process-id ({self.process_id}) must be below --num-processes "
+                              f"({self.num_processes})")
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
@@ -79,6 +93,13 @@ class EvalSAERecipe:
     eval_tokens: int = flag(65536, "tokens to evaluate on (from the end of the token stream)")
     name: str = flag("eval-sae", "run folder under runs_dir")
     runs_dir: str = flag("runs", "parent folder of runs")
+
+    def __post_init__(self) -> None:
+        check_config(self, positive=("seq_len", "eval_tokens"))
+        if not self.sae:
+            raise ConfigError("--sae is required: a SAELens folder, a Gemma Scope params.npz, or a sparsify folder.")
+        if not Path(self.sae).exists():
+            raise ConfigError(f"--sae {self.sae}: no such file or folder.")
 
     @property
     def run_dir(self) -> Path:

@@ -134,7 +134,7 @@ def _dense(sae: SAE, x, y, dead, aux) -> tuple[Array, Array, Array, Array]:
     y_hat = sae.decode(acts) + sae.skip(x)
     aux_loss = zero
     if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
-        aux_loss = cfg.aux_k_coefficient * _aux_k(sae, pre, x, sg(y - y_hat), dead, sparse=False)
+        aux_loss = cfg.aux_k_coefficient * _aux_k(sae, sg(pre), x, sg(y - y_hat), dead)
     if arch == "matryoshka_batchtopk":
         aux_loss = aux_loss + _matryoshka_prefix_mse(sae, acts, y)
     return y_hat, column_stats(acts)[1] if fires is None else fires, sparsity, aux_loss
@@ -158,29 +158,24 @@ def _topk_sparse(sae: SAE, x, y, dead) -> tuple[Array, Array, Array, Array]:
     acts = jax.nn.relu(vals)
     y_hat = sparse_decode(acts, idx, sae.W_dec) + sae.b_dec + sae.skip(x)
     active = vals > 0
-    aux_loss = cfg.aux_k_coefficient * _aux_k(sae, pre, x, sg(y - y_hat), dead, sparse=True)
+    aux_loss = cfg.aux_k_coefficient * _aux_k(sae, pre, x, sg(y - y_hat), dead)
     l0 = active.sum(-1).astype(jnp.float32).mean()
     return y_hat, count_fires(idx, active, cfg.d_sae), l0, aux_loss
 
 
-def _aux_k(sae: SAE, pre, x, residual, dead, *, sparse: bool) -> Array:
+def _aux_k(sae: SAE, pre, x, residual, dead) -> Array:
     """Gao et al.'s auxiliary loss: the ``k_aux`` largest pre-activations among dead
-    latents reconstruct the residual; 0 (and no work) while nothing is dead."""
+    latents reconstruct the residual; 0 (and no work) while nothing is dead. Only the
+    chosen latents take part (``gather_pre`` and ``sparse_decode``), whatever the
+    architecture, so a step without dead latents costs nothing here."""
     cfg = sae.cfg
     k_aux = max(1, min(cfg.d_in // 2, cfg.d_sae))
     n_dead = dead.sum()
 
     def loss() -> Array:
-        masked = jnp.where(dead, pre, -jnp.inf)
-        _, idx = A.topk_indices(sg(masked) if sparse else masked, k_aux)
-        if sparse:
-            vals = gather_pre(pre, x, sae.b_dec, sae.W_enc, sae.b_enc, idx, cfg.apply_b_dec_to_input)
-            acts = jnp.where(dead[idx], jax.nn.relu(vals), 0.0)
-            e_hat = sparse_decode(acts, idx, sae.W_dec)
-        else:
-            vals = jnp.take_along_axis(masked, idx, axis=-1)
-            acts = jnp.where(dead[idx], jax.nn.relu(vals), 0.0)
-            e_hat = A.scatter_last(acts, idx, cfg.d_sae) @ sae.W_dec
+        _, idx = A.topk_indices(jnp.where(dead, pre, -jnp.inf), k_aux)
+        vals = gather_pre(pre, x, sae.b_dec, sae.W_enc, sae.b_enc, idx, cfg.apply_b_dec_to_input)
+        e_hat = sparse_decode(jnp.where(dead[idx], jax.nn.relu(vals), 0.0), idx, sae.W_dec)
         scale = jnp.minimum(n_dead.astype(jnp.float32) / k_aux, 1.0)
         return scale * ((e_hat - residual).astype(jnp.float32) ** 2).sum(-1).mean()
 

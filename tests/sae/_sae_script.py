@@ -1,8 +1,9 @@
 """SAE training in a subprocess, for the tests that need a fresh process.
 
-    python _sae_script.py RUNS NAME [--steps N] [--sleep S] [--mesh SPEC]
+    python _sae_script.py RUNS NAME [--steps N] [--sleep S] [--mesh SPEC] [--reference RUNS2]
         trains a TopK SAE (sparse path, auxiliary-k loss on dead latents) on synthetic
-        activations with checkpoints every 5 steps; writes final.npz and result.json.
+        activations with checkpoints every 5 steps; writes final.npz and result.json
+        (then, with --reference, the same run from scratch into RUNS2: one process, one compile).
     python _sae_script.py RUNS compare --mesh SPEC
         (under XLA_FLAGS=--xla_force_host_platform_device_count=8) trains the same SAEs
         unsharded and on the mesh, prints JSON: max differences, shardings, mesh errors.
@@ -19,7 +20,7 @@ import sys
 import time
 
 if "--process" in sys.argv:  # before jax is imported
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -98,6 +99,7 @@ def main() -> None:
     p.add_argument("--process", type=int)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--reference", default="")
     a = p.parse_args()
     if a.name == "compare":
         print(json.dumps(compare(a.runs, a.mesh)))
@@ -106,13 +108,14 @@ def main() -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{a.port}", num_processes=a.processes,
                                    process_id=a.process)
-    result = run(a.runs, a.name, a.steps, mesh=a.mesh, sleep=a.sleep)
-    params = params_of(result)
-    if jax.process_index() == 0:
-        np.savez(result.run_dir / "final.npz", **params)
-        (result.run_dir / "result.json").write_text(json.dumps(
-            {"resumed_from": result.resumed_from, "processes": jax.process_count(),
-             "devices": jax.device_count()}))
+    for runs in filter(None, (a.runs, a.reference)):
+        result = run(runs, a.name, a.steps, mesh=a.mesh, sleep=a.sleep)
+        params = params_of(result)
+        if jax.process_index() == 0:
+            np.savez(result.run_dir / "final.npz", **params)
+            (result.run_dir / "result.json").write_text(json.dumps(
+                {"resumed_from": result.resumed_from, "processes": jax.process_count(),
+                 "devices": jax.device_count()}))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import pytest
 
 from jaxinterp import cli
 from jaxinterp.data import ByteTokenizer
-from jaxinterp.errors import HookNameError
 from jaxinterp.models import gpt2_config, init_transformer
 from jaxinterp.recipes.lm import save_model
 from jaxinterp.sae.formats import load_saelens
@@ -44,9 +43,30 @@ def test_train_sae_then_eval_sae(tiny_model, capsys) -> None:
     assert cli.main(["eval-sae", "--sae", str(run / "sae"), *common, "--name", "ev"]) == 0
     again = json.loads((root / "ev" / "metrics.json").read_text())
     assert again["fve"] == pytest.approx(metrics["fve"], abs=1e-6)
-    with pytest.raises(HookNameError, match="blocks.0.hook_resid_post"):
-        cli.main(["train-sae", *common, "--site", "blocks.0.hook_resid_pots", "--steps", "1",
-                  "--no-progress", "--name", "bad"])
+    assert cli.main(["train-sae", *common, "--site", "blocks.0.hook_resid_pots", "--steps", "1",
+                     "--no-progress", "--name", "bad"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "blocks.0.hook_resid_post" in err  # the nearest valid name
+
+
+BAD = [
+    (["demo", "--widths", "1,x"], "--widths must be positive ints"),
+    (["demo", "--architecture", "relu2"], "--architecture must be one of"),
+    (["demo", "--sae-lr", "-1"], "--sae-lr must be a finite number > 0"),
+    (["demo", "--mesh", "data=2,tensor=2"], "Unknown mesh axes"),
+    (["train-sae", "--k", "0"], "--k must be a positive int"),
+    (["train-sae", "--batch-size", "4096", "--buffer-tokens", "1024"], "--buffer-tokens (1024) must hold"),
+    (["train-sae", "--model", "/nonexistent"], "not a saved model folder"),
+    (["eval-sae", "--sae", "/nonexistent/sae"], "no such file or folder"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_cli_bad_input(tmp_path, capsys, argv, fragment) -> None:
+    assert cli.main([*argv, "--runs-dir", str(tmp_path), "--name", "bad"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err and "Traceback" not in err, err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_demo_is_the_monosemanticity_job(capsys) -> None:

@@ -91,7 +91,7 @@ def test_evaluate_sae_against_brute_force() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 6)).astype(np.float32)
     sae = init_sae(SAEConfig(6, 20, "topk", k=3), jax.random.key(2))
-    got = evaluate_sae(sae, [x[:128], x[128:]])
+    got = evaluate_sae(sae, [x[:150], x[150:]])  # statistics summed over chunks
     acts, out = np.asarray(sae.encode(x), np.float64), np.asarray(sae(x), np.float64)
     err = ((x - out) ** 2).sum(1)
     assert got["l0"] == pytest.approx((acts > 0).sum(1).mean())
