@@ -113,7 +113,7 @@ def main() -> None:
 
     model, _ = train_ioi_model(300, cfg=ioi_config(n_layers=3), progress=False)
     data = ioi_batch(64, seed=1)
-    bench_eap("IOI model (3 layers, d_model 64)", model, data.clean, data.corrupted, data.metric())
+    bench_eap("IOI model (3 layers, d_model 64)", model, data.clean, data.corrupted, ji.logit_diff(data.io, data.s))
     big = ji.init_transformer(ji.gpt2_config(d_model=256, n_layers=4, n_heads=8, d_vocab=2000, n_ctx=64),
                               jax.random.key(1))
     clean = jax.random.randint(jax.random.key(2), (16, 32), 0, 2000)

@@ -99,7 +99,8 @@ def _heads(cfg, graph: Graph, p: C.BlockParams, spec: C.LayerSpec, x_in: Float[A
     split = _SplitInputs(project(xq, a.W_Q, a.b_Q), project(xk, a.W_K, a.b_K), project(xv, a.W_V, a.b_V))
     placeholder = jnp.zeros(x_in.shape[1:], x_in.dtype)  # its own q/k/v are replaced (dead code)
     with handler_scope(split):
-        C.attention(cfg, a, placeholder, positions, mask, spec=spec)
+        z, _ = C.attention(cfg, a, placeholder, positions, mask, spec=spec)
+        C.attn_output(cfg, p, z)  # reaches attn.hook_result: each head's z_h W_O[h]
     return jnp.moveaxis(split.result, 2, 0)
 
 

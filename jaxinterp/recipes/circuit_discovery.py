@@ -30,7 +30,7 @@ import numpy as np
 from jaxinterp import circuits
 from jaxinterp.data.ioi import ioi_batch
 from jaxinterp.errors import ConfigError
-from jaxinterp.interp import compare_attribution
+from jaxinterp.interp import compare_attribution, logit_diff
 from jaxinterp.io.weights import load_weights, save_weights
 from jaxinterp.models import init_transformer
 from jaxinterp.recipes import check_config, flag, is_fast
@@ -119,7 +119,7 @@ def run_circuit_discovery(config: CircuitDiscoveryConfig) -> dict:
                                    progress=True)
         save_weights(out / "model.safetensors", model)
     data = ioi_batch(config.prompts, seed=config.seed + 100)
-    metric = data.metric()
+    metric = logit_diff(data.io, data.s)
     loss, acc = ioi_loss(model, data.clean, data.io)
 
     forward = jax.jit(lambda m, t: m(t))

@@ -76,7 +76,7 @@ def test_eap_is_exact_where_the_model_is_linear():
 
 def test_eap_tracks_exact_patching_on_ioi(ioi_small):
     model, data = ioi_small
-    metric = data.metric()
+    metric = ji.logit_diff(data.io, data.s)
     exact = circuits.exact_edge_scores(model, data.clean, data.corrupted, metric)
     valid = exact.attrs["graph"].valid
     assert exact.attrs["clean"] - exact.attrs["corrupted"] > 1.0  # the model does the task
@@ -126,6 +126,6 @@ def test_circuit_json_round_trip_and_bad_names(tmp_path):
 def test_bad_inputs(ioi_small):
     model, data = ioi_small
     with pytest.raises(ConfigError, match="edge attribution method 'EAP-IG'"):
-        circuits.edge_attribution(model, data.clean, data.corrupted, data.metric(), method="EAP-IG")
+        circuits.edge_attribution(model, data.clean, data.corrupted, ji.logit_diff(data.io, data.s), method="EAP-IG")
     with pytest.raises(ShapeError, match="one shape"):
-        circuits.edge_attribution(model, data.clean, data.corrupted[:, :-1], data.metric())
+        circuits.edge_attribution(model, data.clean, data.corrupted[:, :-1], ji.logit_diff(data.io, data.s))
