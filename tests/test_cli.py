@@ -73,6 +73,10 @@ def test_train_end_to_end_and_resume(tmp_path, text_corpus, capsys):
     report = json.loads((run / "report.json").read_text())
     # Learned something: below the loss of a uniform guess over 256 bytes.
     assert report["final_loss"] < 0.95 * math.log(256)
+    # Rerunning the finished run rewrites nothing (its report, with its wall time, stays).
+    before = (run / "report.json").read_bytes()
+    assert cli.main(args + ["--steps", "8"]) == 0
+    assert (run / "report.json").read_bytes() == before
 
 
 def test_experiment_help_lists_its_settings(capsys):

@@ -184,6 +184,10 @@ def train_lm(cfg: LMConfig) -> dict:
     )
     model = result.params
     run_dir = cfg.run_dir
+    if result.resumed_from == cfg.steps and (run_dir / "model" / "model.safetensors").is_file():
+        done = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+        if done.get("steps") == cfg.steps:   # a finished run: its model and report are written already
+            return done
     save_model(run_dir / "model", model, tokenizer)
     summary = write_report(cfg, model, tokenizer, result.metrics, run_dir,
                            seconds=time.perf_counter() - start, tokens=tokens)

@@ -71,11 +71,28 @@ class SAEScalingConfig:
         return Path(self.runs_dir) / self.name
 
     def sized(self) -> SAEScalingConfig:
+        """Fast mode reuses ``lm_run``'s LM only when that run is a fast main job (as notebook
+        05 or ``jaxinterp demo --fast`` leaves ``runs/demo``): a full-size site is too wide for
+        fast mode's budgets. Otherwise it trains a tiny LM of its own in ``sae_scaling_lm``."""
         if not is_fast(self):
             return self
-        return dataclasses.replace(self, lm_run="sae_scaling_lm", widths="1,2,4", budgets="1.2e9,2.4e9",
+        lm_run = self.lm_run if _is_fast_main_job(Path(self.runs_dir) / self.lm_run) else "sae_scaling_lm"
+        return dataclasses.replace(self, lm_run=lm_run, widths="1,2,4", budgets="1.2e9,2.4e9",
                                    batch_size=256, k=8, min_steps=30, max_steps=800, train_tokens=16384,
                                    eval_tokens=2048, n_boot=200)
+
+
+def _is_fast_main_job(run: Path) -> bool:
+    """Whether ``run`` holds a main job saved with fast mode's sizes."""
+    from jaxinterp.recipes.monosemanticity import MonosemanticityConfig
+
+    saved = run / "config.json"
+    if not saved.is_file():
+        return False
+    fast = MonosemanticityConfig(fast=True).sized()
+    cfg = json.loads(saved.read_text())
+    return all(cfg.get(f) == getattr(fast, f) for f in ("d_model", "d_mlp", "n_heads", "seq_len", "lm_steps",
+                                                        "vocab_size"))
 
 
 def _activations(c: SAEScalingConfig) -> tuple[np.ndarray, np.ndarray]:
