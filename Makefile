@@ -1,13 +1,13 @@
 # Two commands do all the set-up on a fresh clone (only python3 needed):
 #   make demo   create .venv, install, run the main job on the embedded corpus
-#   make test   create .venv, install test extras, run the test suite (one xdist worker per core)
+#   make test   create .venv, install test extras, run the test suite (one xdist worker per core, whole files per worker)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 UV     := $(VENV)/bin/uv pip install -q --python $(PY)
 RUN    ?= demo
-PYTEST_ARGS ?= -n auto --dist loadgroup
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: demo test venv test-env lint clean bench chromium
 

@@ -1,8 +1,8 @@
 """Every notebook in colab/ runs headlessly, in fast mode, so a broken notebook fails CI.
 
-They run in order in one xdist group, over one runs folder, as a user runs them: a later
-notebook resumes the runs an earlier one made (the main job, for example) instead of
-training its own copy.
+They run in order in one process (`make test` hands whole files to its workers:
+`--dist loadfile`) over one runs folder, as a user runs them: a later notebook resumes the
+runs an earlier one made (the main job, for example) instead of training its own copy.
 """
 
 from pathlib import Path
@@ -20,7 +20,6 @@ def runs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebook_runs")
 
 
-@pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, runs_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXINTERP_FAST", "1")
