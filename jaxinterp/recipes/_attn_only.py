@@ -24,7 +24,29 @@ import optax
 
 from jaxinterp.data import TokenWindows, default_tokenizer, load_corpus, tokenize_corpus
 from jaxinterp.models import HookedTransformer, attn_only_config, init_transformer, lm_loss
+from jaxinterp.recipes import flag
 from jaxinterp.train import TrainConfig, train
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnOnlyRunConfig:
+    """The settings the framework and induction runs share: the run folder, the corpus
+    tokenizer and the attention-only model's size and training batch."""
+
+    name: str = flag("attn_only", "run folder under runs_dir")
+    runs_dir: str = flag("runs", "parent folder of all runs")
+    seed: int = flag(0, "seed of the models and the data order")
+    fast: bool = flag(False, "tiny sizes for CI (also JAXINTERP_FAST=1)")
+    vocab_size: int = flag(1024, "size of the BPE vocabulary trained on the corpus")
+    d_model: int = flag(128, "residual stream width")
+    n_heads: int = flag(8, "heads per layer")
+    seq_len: int = flag(32, "tokens per training window (short windows speed up induction)")
+    batch_size: int = flag(32, "windows per step")
+    lr: float = flag(3e-3, "Adam learning rate (after a linear warm-up)")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
 
 
 @dataclasses.dataclass(frozen=True)

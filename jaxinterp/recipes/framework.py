@@ -38,25 +38,21 @@ from jaxinterp.hooks import run_with_cache
 from jaxinterp.models import HookedTransformer, unembed
 from jaxinterp.named import NamedArray
 from jaxinterp.recipes import check_config, flag, is_fast
-from jaxinterp.recipes._attn_only import AttnOnlySpec, corpus_data, train_attn_only
+from jaxinterp.recipes._attn_only import (
+    AttnOnlyRunConfig,
+    AttnOnlySpec,
+    corpus_data,
+    train_attn_only,
+)
 from jaxinterp.recipes._run_files import md_table, write_run
 from jaxinterp.viz import attention_html, heatmap, heatmaps
 
 
 @dataclasses.dataclass(frozen=True)
-class FrameworkConfig:
+class FrameworkConfig(AttnOnlyRunConfig):
     """The framework run; step counts of 0 mean the defaults (smaller with ``--fast``)."""
 
     name: str = flag("framework", "run folder under runs_dir")
-    runs_dir: str = flag("runs", "parent folder of all runs")
-    seed: int = flag(0, "seed of the models and the data order")
-    fast: bool = flag(False, "tiny sizes for CI (also JAXINTERP_FAST=1)")
-    vocab_size: int = flag(1024, "size of the BPE vocabulary trained on the corpus")
-    d_model: int = flag(128, "residual stream width")
-    n_heads: int = flag(8, "heads per layer")
-    seq_len: int = flag(32, "tokens per training window (short windows speed up induction)")
-    batch_size: int = flag(32, "windows per step")
-    lr: float = flag(3e-3, "Adam learning rate (after a linear warm-up)")
     steps_0: int = flag(0, "steps of the 0-layer model (0: 300; fast 40)")
     steps_1: int = flag(0, "steps of the 1-layer model (0: 600; fast 60)")
     steps_2: int = flag(0, "steps of the 2-layer model (0: 4000; fast 150)")
@@ -65,10 +61,6 @@ class FrameworkConfig:
 
     def __post_init__(self):
         check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "top_tokens"), non_negative=("steps_0", "steps_1", "steps_2"))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
 
 
 def _sizes(config: FrameworkConfig) -> FrameworkConfig:

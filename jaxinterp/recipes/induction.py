@@ -47,6 +47,7 @@ from jaxinterp.io.checkpoint import Checkpointer
 from jaxinterp.models import HookedTransformer, init_transformer, token_losses
 from jaxinterp.recipes import check_config, flag, is_fast
 from jaxinterp.recipes._attn_only import (
+    AttnOnlyRunConfig,
     AttnOnlySpec,
     corpus_data,
     model_config,
@@ -59,19 +60,10 @@ from jaxinterp.viz._figure import figure, save
 
 
 @dataclasses.dataclass(frozen=True)
-class InductionConfig:
+class InductionConfig(AttnOnlyRunConfig):
     """The induction-heads run; zeros mean the defaults (smaller with ``--fast``)."""
 
     name: str = flag("induction", "run folder under runs_dir")
-    runs_dir: str = flag("runs", "parent folder of all runs")
-    seed: int = flag(0, "seed of the model and the data order")
-    fast: bool = flag(False, "tiny sizes for CI (also JAXINTERP_FAST=1)")
-    vocab_size: int = flag(1024, "size of the BPE vocabulary trained on the corpus")
-    d_model: int = flag(128, "residual stream width")
-    n_heads: int = flag(8, "heads per layer")
-    seq_len: int = flag(32, "tokens per training window (short windows speed up induction)")
-    batch_size: int = flag(32, "windows per step")
-    lr: float = flag(3e-3, "Adam learning rate (after a linear warm-up)")
     steps: int = flag(0, "training steps (0: 4000; fast 300)")
     checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25; fast steps / 10)")
     repeat_fraction: float = flag(0.5, "fraction of windows whose beginning repeats right after it")
@@ -85,10 +77,6 @@ class InductionConfig:
         check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "early", "late", "eval_windows", "rep_len"), non_negative=("steps", "checkpoint_every"))
         if self.early >= self.late:
             raise ConfigError(f"--early {self.early} must be before --late {self.late} (the ICL score compares them)")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
 
 
 def _sizes(config: InductionConfig) -> InductionConfig:
