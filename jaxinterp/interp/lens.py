@@ -28,6 +28,7 @@ from jaxinterp.hooks import run_with_cache
 from jaxinterp.hooks.interventions import check_index
 from jaxinterp.interp.metrics import _ids
 from jaxinterp.models import residual
+from jaxinterp.models.components import head_results
 from jaxinterp.models.loss import token_losses
 from jaxinterp.models.tokens import as_tokens
 from jaxinterp.models.transformer import HookedTransformer, check_tokens, unembed
@@ -118,7 +119,8 @@ def direct_logit_attribution(model: HookedTransformer, tokens: Int[ArrayLike, "b
     z = jnp.stack([cache[f"blocks.{i}.attn.hook_z"][:, pos] for i in range(L)]) if L else None
     out: dict[str, NamedArray] = {}
     if L:
-        heads = jnp.einsum("lbhe,lhed->lhbd", z, model.blocks.attn.W_O)
+        heads = jax.vmap(head_results)(z[:, :, None], model.blocks.attn.W_O)[:, :, 0]
+        heads = jnp.moveaxis(heads, 2, 1)  # [layer, head, batch, d_model]
         out["heads"] = NamedArray(read(heads).mean(-1), ("layer", "head"), {}, attrs)
     if L and cfg.has_mlp:
         mlp = jnp.stack([cache[f"blocks.{i}.hook_mlp_out"][:, pos] for i in range(L)])

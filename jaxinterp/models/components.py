@@ -226,13 +226,19 @@ def attention(
     return z, (k, v)
 
 
+def head_results(z: Float[Array, "b q h e"], W_O: Float[Array, "h e d"]) -> Float[Array, "b q h d"]:
+    """Each head's write to the residual stream, ``z_h W_O[h]`` (``attn.hook_result``'s
+    layout, without ``b_O``)."""
+    return jnp.einsum("bqhe,hed->bqhd", z, W_O)
+
+
 def attn_output(cfg: TransformerConfig, p: BlockParams, z: Float[Array, "b q h e"]) -> Float[Array, "b q d"]:
     """What a block's attention writes to the residual stream from its heads' outputs:
     ``ln1_post(sum_h z_h W_O[h] + b_O)`` (hooks ``attn.hook_result``, when asked for, and
     ``ln1_post``). Path patching calls it with some heads' ``z`` swapped."""
     a = p.attn
     if is_hooked("attn.hook_result"):
-        result = tag("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, a.W_O))
+        result = tag("attn.hook_result", head_results(z, a.W_O))
         out = result.sum(axis=2)
     else:
         out = jnp.einsum("bqhe,hed->bqd", z, a.W_O)

@@ -22,6 +22,7 @@ from jaxtyping import Array, Float
 
 from jaxinterp.errors import HookNameError, IndexRangeError, ShapeError
 from jaxinterp.hooks.cache import Cache
+from jaxinterp.models.components import head_results
 from jaxinterp.named import NamedArray
 
 
@@ -126,7 +127,7 @@ def stack_head_results(cache: Cache, model: Any, layer: int | None = None, *,
         result = cache.get(f"blocks.{i}.attn.hook_result")
         if result is None:
             z = _need(cache, f"blocks.{i}.attn.hook_z")
-            result = jnp.einsum("bphe,hed->bphd", z, model.blocks.attn.W_O[i])
+            result = head_results(z, model.blocks.attn.W_O[i])
         parts.append(jnp.moveaxis(result, 2, 0))
         labels += [f"L{i}H{h}" for h in range(result.shape[2])]
     stack = jnp.concatenate(parts) if parts else jnp.zeros((0,) + final_resid(cache, model).shape)
