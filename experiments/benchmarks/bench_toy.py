@@ -15,7 +15,8 @@ compilation, whose time is printed separately):
   (``jax.random`` threefry bits, and the textbook two draws per entry);
 * ``train_toys`` itself on one and on two CPU devices (one per core, instances sharded);
 * a roofline for the one-program step: bytes (XLA's cost analysis of one vmapped step)
-  over a measured copy bandwidth, and FLOPs over a measured matmul rate.
+  over a measured copy bandwidth (DRAM-sized and cache-sized arrays), and FLOPs over a
+  measured matmul rate.
 
 Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5]
 """
@@ -57,6 +58,20 @@ def median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process (Linux ``/proc``; empty elsewhere)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                out[f"{tid}:{f.read().strip()}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return out
+
+
 def setup(train: toy.ToyTrainConfig):
     cfg = toy.ToyConfig(N, M)
     opt = train.optimizer()
@@ -81,6 +96,15 @@ class Sampler(toy.OnlineFeatures):
             return toy.sample_features_two_draws(key, self.feature_probability, *shape), None
         u = jax.random.bits(key, shape, jnp.uint32).astype(jnp.float32) * 2.0**-32
         return jnp.where(u <= self.feature_probability, u / self.feature_probability, 0.0), None
+
+
+class FixedBatch(eqx.Module):
+    """The same feature-major batch at every step (the step without sampling)."""
+
+    xt: jax.Array
+
+    def sample_t(self, key_words, t):
+        return self.xt, None
 
 
 def autodiff_step(cfg, opt):
@@ -156,10 +180,12 @@ def two_devices(steps: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def copy_bandwidth(repeats: int) -> float:
-    x = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
-    f = jax.jit(lambda a: a * 1.5)
-    return 2 * x.nbytes / median_time(lambda: f(x), repeats)
+def copy_bandwidth(repeats: int, n: int = 64 * 2**20, times: int = 1) -> float:
+    """Bytes read and written per second by ``a * 1.5`` over ``n`` floats (``times`` passes
+    in one program: a small ``n`` stays in cache, like one block's step arrays)."""
+    x = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda a: jax.lax.fori_loop(0, times, lambda i, v: v * 1.5, a))
+    return 2 * x.nbytes * times / median_time(lambda: f(x), repeats)
 
 
 def matmul_rate(repeats: int) -> float:
@@ -179,8 +205,7 @@ def main() -> None:
     train = toy.ToyTrainConfig(batch_size=B)
     cfg, opt, state, sources, importance, keys = setup(train)
     block = block_size(cfg, train, B, I, "cpu")
-    fixed = toy.FixedDataset(toy.sample_features(jax.random.key(5), P, B * I, N).reshape(I, B, N),
-                             jnp.ones((I, B)))
+    fixed = FixedBatch(jax.vmap(lambda k: toy.OnlineFeatures(jnp.float32(P), B, N).sample_t(k, 0)[0])(keys))
 
     rows = {}
     variants = [("one program", sources, block, toy.make_instance_step),
@@ -194,7 +219,12 @@ def main() -> None:
                       Sampler(sources.feature_probability, B, N, False, how), block, toy.make_instance_step)]
     for name, src, blk, make_step in variants:
         compiled, a, comp = one_program(cfg, opt, state, src, importance, keys, S, blk, make_step)
+        before = thread_cpu()
         rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+        if name == "one program":  # which threads did the work: XLA's pool splits large ops
+            after = thread_cpu()
+            busy = sorted(((after[k] - before.get(k, 0.0), k) for k in after), reverse=True)[:3]
+            threads = ", ".join(f"{k.split(':', 1)[1]} {v:.1f} s" for v, k in busy)
 
     @jax.jit
     def sample_only(keys, t0):
@@ -219,6 +249,7 @@ def main() -> None:
     print(f"{'variant':62s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s} {'compile s':>9s}")
     for name, (sec, comp, cpu) in rows.items():
         print(f"{name:62s} {sec * 1e3:8.2f} {sec / base:6.2f} {cpu * 1e3:8.2f} {cpu / base_cpu:6.2f} {comp:9.2f}")
+    print(f"one program: CPU time of its busiest threads over the timed calls: {threads}")
     print(f"RATIO loop / one program = {loop_s / base:.1f}x wall, {rows['loop of a jitted per-instance step'][2] / base_cpu:.1f}x CPU time")
 
     # Roofline of one step: XLA's cost analysis of the vmapped step.
@@ -226,13 +257,17 @@ def main() -> None:
     cost = step.lower(*state, sources, importance, keys, jnp.int32(0)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops, nbytes = float(cost.get("flops", 0)), float(cost.get("bytes accessed", 0))
-    bw, rate = copy_bandwidth(R), matmul_rate(R)
-    t_mem, t_flop = nbytes / bw, flops / rate
-    print(f"\nroofline: {flops / 1e6:.0f} MFLOP and {nbytes / 1e6:.0f} MB per step (XLA cost analysis); "
-          f"copy {bw / 1e9:.1f} GB/s, matmul {rate / 1e9:.1f} GFLOP/s")
-    print(f"  bytes / bandwidth = {t_mem * 1e3:.2f} ms, FLOPs / matmul rate = {t_flop * 1e3:.2f} ms; "
-          f"one-program step {base * 1e3:.2f} ms = {base / max(t_mem, t_flop):.1f}x the roofline")
-
+    bw, bw_cache, rate = copy_bandwidth(R), copy_bandwidth(R, 2**16, 2000), matmul_rate(R)
+    t_mem, t_cache, t_flop = nbytes / bw, nbytes / bw_cache, flops / rate
+    mm_flops = I * B * 2 * 5 * N * M  # the five n x m contractions per example (fwd 2, bwd 3)
+    print(f"\nroofline: {flops / 1e6:.0f} MFLOP (of which {mm_flops / 1e6:.0f} in the contractions) and "
+          f"{nbytes / 1e6:.0f} MB per step (XLA cost analysis of the plain vmap);\n  copy {bw / 1e9:.1f} GB/s "
+          f"(256 MiB), {bw_cache / 1e9:.1f} GB/s (256 KiB, in cache), matmul {rate / 1e9:.1f} GFLOP/s (2048^2)")
+    print(f"  bytes / DRAM copy rate = {t_mem * 1e3:.2f} ms, bytes / cache copy rate = {t_cache * 1e3:.2f} ms, "
+          f"FLOPs / matmul rate = {t_flop * 1e3:.2f} ms (contractions only {mm_flops / rate * 1e3:.2f} ms)")
+    print(f"  one-program step {base * 1e3:.2f} ms wall, {base_cpu * 1e3:.2f} ms CPU = "
+          f"{base / max(t_cache, t_flop):.1f}x / {base_cpu / max(t_cache, t_flop):.1f}x the in-cache roofline "
+          f"max(bytes / cache rate, FLOPs / matmul rate)")
 
 if __name__ == "__main__":
     main()

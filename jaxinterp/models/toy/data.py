@@ -14,11 +14,13 @@ the integer bits (``bits * 2^-32``, exact for small ``bits``), values stay finel
 even at ``p = 1e-4``.
 
 The words come from the Threefry-2x32 block cipher (20 rounds, the generator behind
-``jax.random``) in counter mode, keyed by two words drawn from the caller's key, and
-written out unrolled (:func:`random_words`): XLA:CPU fuses it into one loop, about 5x
-faster than ``jax.random.bits``, whose CPU lowering runs the rounds as a loop over whole
-arrays, and unlike the faster Philox keys of this JAX version it compiles in sharded
-programs (its ``mulhi`` cannot be partitioned).
+``jax.random``) in counter mode, written out unrolled (:func:`cipher_words`): XLA:CPU
+fuses it into one loop, about 5x faster than ``jax.random.bits``, whose CPU lowering runs
+the rounds as a loop over whole arrays, and unlike the faster Philox keys of this JAX
+version it compiles in sharded programs (its ``mulhi`` cannot be partitioned). The
+counter is ``(entry, stream)``: :func:`sample_features` keys it with two words drawn from
+the caller's key (stream 0); the trainer draws each instance's two key words once and
+passes the step as the stream, so a step costs no key derivation at all.
 
 Hyper-parameters are checked on the host before anything is traced: probabilities must lie
 in [0, 1], importances must be finite, non-negative and one per feature.
