@@ -109,7 +109,7 @@ def cipher_words(key_words: jax.Array, shape: tuple[int, ...], stream: jax.Array
     own, so using both words would not save work, and this lets the sampler fuse.)"""
     n = int(np.prod(shape))
     if n >= 2**32:
-        raise ShapeError(f"random_words draws at most 2^32 words per key, asked for {n}.")
+        raise ShapeError(f"cipher_words draws at most 2^32 words per key and stream, asked for {n}.")
     counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
     hi = jnp.broadcast_to(jnp.asarray(stream).astype(jnp.uint32), counter.shape)
     return threefry2x32((key_words[0], key_words[1]), counter, hi)[0]
