@@ -6,16 +6,17 @@ compilation, whose time is printed separately):
 
 * ``one program``: :func:`jaxinterp.models.toy.make_chunk`, the trainer's program:
   ``scan`` over steps of a ``vmap`` over blocks of instances (the CPU default block), with
-  on-device data from the fused Threefry sampler;
+  on-device data from the fused Threefry sampler and the closed-form gradient;
 * ``loop``: the same per-instance step (:func:`make_instance_step`), ``jax.jit``-ed once
   and called for each instance at each step from Python (one dispatch per instance-step);
 * where the time goes: the step without sampling (a fixed batch), the sampler alone, the
-  plain ``vmap`` over all 256 instances (one block), and the sampler variants that were
-  measured before choosing this one (``jax.random`` threefry and philox bits, and the
-  textbook two draws per entry);
+  plain ``vmap`` over all 256 instances (one block), the gradient by autodiff instead of
+  the closed form, and the sampler variants that were measured before choosing this one
+  (``jax.random`` threefry bits, and the textbook two draws per entry);
 * ``train_toys`` itself on one and on two CPU devices (one per core, instances sharded);
 * a roofline for the one-program step: bytes (XLA's cost analysis of one vmapped step)
-  over a measured copy bandwidth, and FLOPs over a measured matmul rate.
+  over a measured copy bandwidth (DRAM-sized and cache-sized arrays), and FLOPs over a
+  measured matmul rate.
 
 Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5]
 """
@@ -30,9 +31,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxinterp.models import toy
-from jaxinterp.models.toy.train import block_size, make_chunk
+from jaxinterp.models.toy.train import _loss, block_size, make_chunk
 
 I, B, N, M, P = 256, 1024, 20, 5, 0.1
 
@@ -56,13 +58,27 @@ def median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process (Linux ``/proc``; empty elsewhere)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                out[f"{tid}:{f.read().strip()}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return out
+
+
 def setup(train: toy.ToyTrainConfig):
     cfg = toy.ToyConfig(N, M)
     opt = train.optimizer()
     key = jax.random.key(0)
     models = toy.init_toys(cfg, toy.instance_keys(jax.random.fold_in(key, 0), I))
     state = (models, jax.vmap(opt.init)(models))
-    keys = toy.instance_keys(jax.random.fold_in(key, 1), I)
+    keys = toy.data_key_words(toy.instance_keys(jax.random.fold_in(key, 1), I))
     sources = toy.OnlineFeatures(jnp.full((I,), P, jnp.float32), B, N)
     importance = jnp.broadcast_to(jnp.asarray(toy.geometric_importance(N, 0.7)), (I, N))
     return cfg, opt, state, sources, importance, keys
@@ -73,17 +89,41 @@ class Sampler(toy.OnlineFeatures):
 
     how: str = eqx.field(static=True, default="two_draws")
 
-    def sample(self, key):
-        shape = (self.batch_size, self.n_features)
+    def sample_t(self, key_words, t):
+        key = jax.random.fold_in(jax.random.wrap_key_data(key_words), t)
+        shape = (self.n_features, self.batch_size)
         if self.how == "two_draws":  # textbook: a mask draw and a value draw, jax.random
             return toy.sample_features_two_draws(key, self.feature_probability, *shape), None
         u = jax.random.bits(key, shape, jnp.uint32).astype(jnp.float32) * 2.0**-32
         return jnp.where(u <= self.feature_probability, u / self.feature_probability, 0.0), None
 
 
-def one_program(cfg, opt, state, sources, importance, keys, steps, block, impl="threefry2x32"):
-    chunk = jax.jit(make_chunk(cfg, opt, steps, (block,), impl))
-    args = ((state,), ((sources, importance, jax.random.key_data(keys)),), jnp.int32(0))
+class FixedBatch(eqx.Module):
+    """The same feature-major batch at every step (the step without sampling)."""
+
+    xt: jax.Array
+
+    def sample_t(self, key_words, t):
+        return self.xt, None
+
+
+def autodiff_step(cfg, opt):
+    """The per-instance step with ``jax.value_and_grad`` of the loss on a ``[batch, feature]``
+    batch (the trainer's step before the closed-form gradient)."""
+
+    def step(model, opt_state, source, importance, key_words, t):
+        xt, weights = source.sample_t(key_words, t)
+        x = xt.T
+        loss, grads = jax.value_and_grad(lambda m: _loss(cfg, m, x, weights, importance))(model)
+        updates, opt_state = opt.update(grads, opt_state, model)
+        return optax.apply_updates(model, updates), opt_state, loss
+
+    return step
+
+
+def one_program(cfg, opt, state, sources, importance, keys, steps, block, make_step=toy.make_instance_step):
+    chunk = jax.jit(make_chunk(cfg, opt, steps, (block,), make_step))
+    args = ((state,), ((sources, importance, keys),), jnp.int32(0))
     t = time.perf_counter()
     compiled = chunk.lower(*args).compile()
     return compiled, args, time.perf_counter() - t
@@ -93,16 +133,15 @@ def loop_step_time(cfg, opt, state, sources, importance, keys, steps, repeats):
     step = jax.jit(toy.make_instance_step(cfg, opt))
     per = [jax.tree.map(lambda a, i=i: a[i], (state, sources, importance, keys)) for i in range(I)]
     states = [p[0] for p in per]
-    step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(steps)))(keys)
-    step_keys = [[step_keys[i, t] for t in range(steps)] for i in range(I)]
+    ts = [jnp.int32(t) for t in range(steps)]
     t = time.perf_counter()
-    jax.block_until_ready(step(*states[0], *per[0][1:3], step_keys[0][0]))
+    jax.block_until_ready(step(*states[0], *per[0][1:], ts[0]))
     compile_s = time.perf_counter() - t
 
     def run():
         for t_ in range(steps):
             for i in range(I):
-                model, opt_state, _ = step(*states[i], per[i][1], per[i][2], step_keys[i][t_])
+                model, opt_state, _ = step(*states[i], per[i][1], per[i][2], per[i][3], ts[t_])
                 states[i] = (model, opt_state)
         return states
 
@@ -141,10 +180,12 @@ def two_devices(steps: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def copy_bandwidth(repeats: int) -> float:
-    x = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
-    f = jax.jit(lambda a: a * 1.5)
-    return 2 * x.nbytes / median_time(lambda: f(x), repeats)
+def copy_bandwidth(repeats: int, n: int = 64 * 2**20, times: int = 1) -> float:
+    """Bytes read and written per second by ``a * 1.5`` over ``n`` floats (``times`` passes
+    in one program: a small ``n`` stays in cache, like one block's step arrays)."""
+    x = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda a: jax.lax.fori_loop(0, times, lambda i, v: v * 1.5, a))
+    return 2 * x.nbytes * times / median_time(lambda: f(x), repeats)
 
 
 def matmul_rate(repeats: int) -> float:
@@ -164,32 +205,37 @@ def main() -> None:
     train = toy.ToyTrainConfig(batch_size=B)
     cfg, opt, state, sources, importance, keys = setup(train)
     block = block_size(cfg, train, B, I, "cpu")
-    fixed = toy.FixedDataset(toy.sample_features(jax.random.key(5), P, B * I, N).reshape(I, B, N),
-                             jnp.ones((I, B)))
+    fixed = FixedBatch(jax.vmap(lambda k: toy.OnlineFeatures(jnp.float32(P), B, N).sample_t(k, 0)[0])(keys))
 
     rows = {}
-    variants = [("one program", sources, block), ("one program, no sampling", fixed, block)]
-    variants += [(f"one program, blocks of {b}", sources, b) for b in (1, 2, 8, 16) if b != block]
-    variants += [("plain vmap over 256 (one block)", sources, I)]
-    for name, src, blk in variants:
-        compiled, a, comp = one_program(cfg, opt, state, src, importance, keys, S, blk)
-        rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+    variants = [("one program", sources, block, toy.make_instance_step),
+                ("one program, no sampling", fixed, block, toy.make_instance_step),
+                ("one program, autodiff gradient", sources, block, autodiff_step)]
+    variants += [(f"one program, blocks of {b}", sources, b, toy.make_instance_step)
+                 for b in (1, 2, 8, 16) if b != block]
+    variants += [("plain vmap over 256 (one block)", sources, I, toy.make_instance_step)]
     for how in ("two_draws", "bits"):
-        for impl in (("threefry2x32", "philox2x32") if how == "bits" else ("threefry2x32",)):
-            src = Sampler(sources.feature_probability, B, N, False, how)
-            ks = toy.instance_keys(jax.random.key(1, impl=impl), I)
-            compiled, a, comp = one_program(cfg, opt, state, src, importance, ks, S, block, impl)
-            rows[f"one program, sampler: jax.random {impl} ({how.replace('_', ' ')})"] = (
-                median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+        variants += [(f"one program, sampler: jax.random threefry2x32 ({how.replace('_', ' ')})",
+                      Sampler(sources.feature_probability, B, N, False, how), block, toy.make_instance_step)]
+    for name, src, blk, make_step in variants:
+        compiled, a, comp = one_program(cfg, opt, state, src, importance, keys, S, blk, make_step)
+        before = thread_cpu()
+        rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+        if name == "one program":  # which threads did the work: XLA's pool splits large ops
+            after = thread_cpu()
+            busy = sorted(((after[k] - before.get(k, 0.0), k) for k in after), reverse=True)[:3]
+            threads = ", ".join(f"{k.split(':', 1)[1]} {v:.1f} s" for v, k in busy)
 
     @jax.jit
     def sample_only(keys, t0):
+        src = toy.OnlineFeatures(jnp.float32(P), B, N)
+
         def body(c, t):
-            x = jax.vmap(lambda k: toy.sample_features(jax.random.fold_in(k, t), P, B, N))(keys)
+            x = jax.lax.map(jax.vmap(lambda k: src.sample_t(k, t)[0]), keys.reshape(-1, block, 2))
             return c + x.sum(), None
         return jax.lax.scan(body, jnp.float32(0), t0 + jnp.arange(S))[0]
 
-    rows["sampler alone (fused Threefry, one draw)"] = (
+    rows["sampler alone (fused Threefry, one draw, same blocks)"] = (
         median_time(lambda: sample_only(keys, jnp.int32(0)), R) / S, 0.0, CPU_TIMES[0] / S)
     loop_steps = max(2, S // 10)
     loop_s, loop_compile = loop_step_time(cfg, opt, state, sources, importance, keys, loop_steps, R)
@@ -203,21 +249,25 @@ def main() -> None:
     print(f"{'variant':62s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s} {'compile s':>9s}")
     for name, (sec, comp, cpu) in rows.items():
         print(f"{name:62s} {sec * 1e3:8.2f} {sec / base:6.2f} {cpu * 1e3:8.2f} {cpu / base_cpu:6.2f} {comp:9.2f}")
+    print(f"one program: CPU time of its busiest threads over the timed calls: {threads}")
     print(f"RATIO loop / one program = {loop_s / base:.1f}x wall, {rows['loop of a jitted per-instance step'][2] / base_cpu:.1f}x CPU time")
 
     # Roofline of one step: XLA's cost analysis of the vmapped step.
-    step = jax.jit(jax.vmap(toy.make_instance_step(cfg, opt)))
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-    cost = step.lower(*state, sources, importance, step_keys).compile().cost_analysis()
+    step = jax.jit(jax.vmap(toy.make_instance_step(cfg, opt), in_axes=(0, 0, 0, 0, 0, None)))
+    cost = step.lower(*state, sources, importance, keys, jnp.int32(0)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops, nbytes = float(cost.get("flops", 0)), float(cost.get("bytes accessed", 0))
-    bw, rate = copy_bandwidth(R), matmul_rate(R)
-    t_mem, t_flop = nbytes / bw, flops / rate
-    print(f"\nroofline: {flops / 1e6:.0f} MFLOP and {nbytes / 1e6:.0f} MB per step (XLA cost analysis); "
-          f"copy {bw / 1e9:.1f} GB/s, matmul {rate / 1e9:.1f} GFLOP/s")
-    print(f"  bytes / bandwidth = {t_mem * 1e3:.2f} ms, FLOPs / matmul rate = {t_flop * 1e3:.2f} ms; "
-          f"one-program step {base * 1e3:.2f} ms = {base / max(t_mem, t_flop):.1f}x the roofline")
-
+    bw, bw_cache, rate = copy_bandwidth(R), copy_bandwidth(R, 2**16, 2000), matmul_rate(R)
+    t_mem, t_cache, t_flop = nbytes / bw, nbytes / bw_cache, flops / rate
+    mm_flops = I * B * 2 * 5 * N * M  # the five n x m contractions per example (fwd 2, bwd 3)
+    print(f"\nroofline: {flops / 1e6:.0f} MFLOP (of which {mm_flops / 1e6:.0f} in the contractions) and "
+          f"{nbytes / 1e6:.0f} MB per step (XLA cost analysis of the plain vmap);\n  copy {bw / 1e9:.1f} GB/s "
+          f"(256 MiB), {bw_cache / 1e9:.1f} GB/s (256 KiB, in cache), matmul {rate / 1e9:.1f} GFLOP/s (2048^2)")
+    print(f"  bytes / DRAM copy rate = {t_mem * 1e3:.2f} ms, bytes / cache copy rate = {t_cache * 1e3:.2f} ms, "
+          f"FLOPs / matmul rate = {t_flop * 1e3:.2f} ms (contractions only {mm_flops / rate * 1e3:.2f} ms)")
+    print(f"  one-program step {base * 1e3:.2f} ms wall, {base_cpu * 1e3:.2f} ms CPU = "
+          f"{base / max(t_cache, t_flop):.1f}x / {base_cpu / max(t_cache, t_flop):.1f}x the in-cache roofline "
+          f"max(bytes / cache rate, FLOPs / matmul rate)")
 
 if __name__ == "__main__":
     main()

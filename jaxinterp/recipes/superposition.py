@@ -16,7 +16,10 @@ and writes to ``runs/<name>/``:
 * ``phase_diagram.png``: n=2, m=1; what the second feature does as its relative importance
   and density vary (not represented / the dimension to itself / superposition), from the
   lowest-loss of 6 seeds per cell (dead-ReLU local minima are common in this model);
-* ``results.json`` (every number plotted, and wall times), ``config.json``, ``report.md``.
+* ``results.json`` (every number plotted, and wall times), ``config.json``, ``report.md``;
+* ``weights.npz``: every trained ``W`` (``intro``, ``basic_linear``, ``basic_relu``,
+  ``pentagon``, ``dimensionality``, ``phase``; ``[model, feature, hidden]``), for analyses
+  without retraining (``np.load(path)["pentagon"]``).
 
     jaxinterp experiment superposition            # a few minutes on 2 CPU cores
     jaxinterp experiment superposition --fast     # reduced sizes (CI)
@@ -47,9 +50,9 @@ class SuperpositionConfig:
     runs_dir: str = flag("runs", "where run folders go")
     seed: int = flag(0, "seed of every model's initialisation and data")
     fast: bool = flag(False, "reduced sizes for CI (also JAXINTERP_FAST=1)")
-    steps: int = flag(0, "AdamW steps per model (0: 10000, 3000 with --fast)")
+    steps: int = flag(0, "AdamW steps per model (0: 10000, 2000 with --fast)")
     batch_size: int = flag(0, "fresh examples per step (0: 1024, 512 with --fast)")
-    lr: float = flag(1e-3, "AdamW learning rate")
+    lr: float = flag(0.0, "AdamW learning rate (0: 1e-3, 3e-3 with --fast)")
     replicas: int = flag(0, "seeds per pentagon / phase-diagram cell, lowest loss kept (0: 8 and 6)")
     progress: bool = flag(True, "progress bars")
 
@@ -57,7 +60,8 @@ class SuperpositionConfig:
         for name in ("steps", "batch_size", "replicas"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0: the default), got {getattr(self, name)!r}.")
-        toy.ToyTrainConfig(lr=self.lr)  # a positive, finite learning rate
+        if self.lr != 0:  # 0: the default; else a positive, finite learning rate (NaN too)
+            toy.ToyTrainConfig(lr=self.lr)
 
     @property
     def run_dir(self) -> Path:
@@ -66,7 +70,8 @@ class SuperpositionConfig:
 
 def _train(cfg, p, importance, config: SuperpositionConfig, steps: int, seed_offset: int):
     batch = config.batch_size or (512 if is_fast(config) else 1024)
-    train = toy.ToyTrainConfig(steps=steps, batch_size=batch, lr=config.lr,
+    lr = config.lr or (3e-3 if is_fast(config) else 1e-3)
+    train = toy.ToyTrainConfig(steps=steps, batch_size=batch, lr=lr,
                                seed=config.seed * 1000 + seed_offset, progress=config.progress,
                                log_every=min(500, steps))
     return toy.train_toys(cfg, np.asarray(p, np.float32), importance, train)
@@ -81,12 +86,13 @@ def _best(loss: np.ndarray, groups: int) -> np.ndarray:
 def run_superposition(config: SuperpositionConfig) -> dict:
     """Trains every group of toy models, draws the figures, writes ``runs/<name>/``."""
     fast = is_fast(config)
-    steps = config.steps or (3000 if fast else 10_000)
+    steps = config.steps or (2000 if fast else 10_000)
     replicas = config.replicas or (4 if fast else 8)  # pentagon seeds
     out = config.run_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     results: dict = {"steps": steps, "fast": fast, "seconds": {}}
+    weights: dict[str, np.ndarray] = {}
     t_start = time.perf_counter()
 
     # 1. Intro: 5 features in 2 dimensions from dense to sparse.
@@ -94,7 +100,7 @@ def run_superposition(config: SuperpositionConfig) -> dict:
     density = 20.0 ** -np.linspace(0, 1, 10)
     imp5 = toy.geometric_importance(5, 0.9)
     run = _train(toy.ToyConfig(5, 2), density, imp5, config, steps, 1)
-    W = np.asarray(run.model.W)
+    W = weights["intro"] = np.asarray(run.model.W)
     plots.vectors_2d([(W[i], f"1-S = {d:.3g}") for i, d in enumerate(density)], out / "intro.png",
                      color=imp5, suptitle="5 features in 2 dimensions (ReLU output model), dense -> sparse")
     results["intro"] = {"density": density.tolist(), "norms": _r(toy.feature_norms(W)),
@@ -109,6 +115,7 @@ def run_superposition(config: SuperpositionConfig) -> dict:
     for variant in ("linear", "relu"):
         run = _train(toy.ToyConfig(20, 5, variant), 1 - S, imp20, config, steps, 2)
         W, b = np.asarray(run.model.W), np.asarray(run.model.b_final)
+        weights[f"basic_{variant}"] = W
         titles = [f"S = {s:g}" for s in S]
         plots.gram_and_bias(W, b, titles, out / f"basic_gram_{variant}.png",
                             suptitle=f"{variant} model, n=20, m=5, importance 0.7^i")
@@ -127,7 +134,7 @@ def run_superposition(config: SuperpositionConfig) -> dict:
     t = time.perf_counter()
     p_pent = 0.03
     run = _train(toy.ToyConfig(5, 2), np.full(replicas, p_pent), np.ones(5), config, steps, 3)
-    W = np.asarray(run.model.W)
+    W = weights["pentagon"] = np.asarray(run.model.W)
     best = int(_best(run.final_loss, 1)[0])
     order, gaps = toy.neighbour_angles(W[best])
     panels = [(W[i], f"seed {i}{' (kept)' if i == best else ''}\nloss {run.final_loss[i]:.2e}")
@@ -148,7 +155,7 @@ def run_superposition(config: SuperpositionConfig) -> dict:
     t = time.perf_counter()
     inv_density = np.geomspace(1, 20, 8 if fast else 24)
     run = _train(toy.ToyConfig(30, 5), 1 / inv_density, np.ones(30), config, steps, 4)
-    W = np.asarray(run.model.W)
+    W = weights["dimensionality"] = np.asarray(run.model.W)
     D, rep = np.asarray(toy.feature_dimensionality(W)), np.asarray(toy.feature_norms(W)) > 0.5
     dpf = np.asarray(toy.dimensions_per_feature(W))
     plots.dimensionality(inv_density, D, rep, dpf, out / "dimensionality.png",
@@ -171,7 +178,8 @@ def run_superposition(config: SuperpositionConfig) -> dict:
     importance = np.repeat(np.stack([np.ones(R.size), R.ravel()], 1), reps, 0)
     # Dead-ReLU local minima are common here: more seeds of half the length each.
     run = _train(toy.ToyConfig(2, 1), np.repeat(P.ravel(), reps), importance, config, steps // 2, 5)
-    W = np.asarray(run.model.W)[_best(run.loss_history[-4:].mean(0), R.size), :, 0]
+    weights["phase"] = np.asarray(run.model.W)
+    W = weights["phase"][_best(run.loss_history[-4:].mean(0), R.size), :, 0]
     phase = two_feature_phase(W).reshape(k, k)
     plots.phase_diagram(phase, rel_imp, dens, out / "phase_diagram.png",
                         title="2 features in 1 dimension (feature 1 has importance 1)")
@@ -181,6 +189,7 @@ def run_superposition(config: SuperpositionConfig) -> dict:
 
     results["seconds"]["total"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    np.savez(out / "weights.npz", **weights)
     (out / "report.md").write_text(_report(results))
     return _summary(results)
 

@@ -91,6 +91,38 @@ def test_importance_weighted_mse():
     np.testing.assert_allclose(got_w, np.mean((imp * (y - pred) ** 2)[w > 0]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("variant", ["linear", "relu", "hidden_relu", "abs"])
+def test_closed_form_gradient_equals_autodiff(variant):
+    """The trainer's hand-written gradient (feature-major batch) against jax.grad of the loss."""
+    cfg = toy.ToyConfig(7, 3, variant)
+    model = jax.tree.map(lambda a: a + 0.05, toy.init_toy(cfg, jax.random.key(0)))  # live ReLUs
+    x = sample(jax.random.key(1), 0.5, 64, 7, signed=cfg.signed_inputs)
+    imp = jnp.asarray(toy.geometric_importance(7, 0.8))
+    for w in (None, (jnp.arange(64) < 40).astype(jnp.float32)):
+        loss, grads = jax.jit(lambda m, x, w: toy.loss_and_grad(cfg, m, x.T, imp, w))(model, x, w)
+        ref = jax.jit(jax.value_and_grad(
+            lambda m, x, w: toy.importance_weighted_mse(jax.vmap(m)(x), toy.target(cfg, x), imp, w)))
+        ref_loss, ref_grads = ref(model, x, w)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            assert np.abs(np.asarray(r)).max() > 1e-4  # a gradient that could be wrong
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7)
+
+
+def test_cipher_words_are_threefry_with_the_step_as_stream():
+    from jax.extend.random import threefry_2x32
+
+    key = jnp.asarray([7, 123456789], jnp.uint32)
+    words = jax.jit(toy.cipher_words, static_argnums=1)(key, (3, 5), jnp.int32(9))
+    ref = threefry_2x32(key, jnp.concatenate([jnp.arange(15, dtype=jnp.uint32), jnp.full(15, 9, jnp.uint32)]))
+    np.testing.assert_array_equal(np.asarray(words).ravel(), np.asarray(ref[:15]))
+    src = toy.OnlineFeatures(jnp.float32(0.3), 4096, 6)
+    draw = jax.jit(lambda k, t: src.sample_t(k, t)[0])
+    a, b = (np.asarray(draw(key, jnp.int32(t))) for t in (0, 1))
+    assert a.shape == (6, 4096) and abs((a != 0).mean() - 0.3) < 0.01
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02  # steps draw fresh batches
+
+
 def _polygon(k, radius=1.0, phase=0.3):
     a = phase + 2 * np.pi * np.arange(k) / k
     return radius * np.stack([np.cos(a), np.sin(a)], 1)

@@ -92,16 +92,15 @@ def test_one_program_equals_a_loop_over_instances():
     @jax.jit
     def start(key):
         models = toy.init_toys(cfg, toy.instance_keys(jax.random.fold_in(key, 0), 2))
-        data_keys = toy.instance_keys(jax.random.fold_in(key, 1), 2)
-        step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(10)))(data_keys)
-        return models, jax.vmap(opt.init)(models), step_keys
+        words = toy.data_key_words(toy.instance_keys(jax.random.fold_in(key, 1), 2))
+        return models, jax.vmap(opt.init)(models), words
 
-    models, states, step_keys = start(key)
+    models, states, words = start(key)
     for i in range(2):
         model, state = jax.tree.map(lambda a, i=i: a[i], (models, states))
         source = toy.OnlineFeatures(jnp.float32(p[i]), 64, 6)
         for t in range(10):
-            model, state, _ = step(model, state, source, jnp.asarray(imp), step_keys[i, t])
+            model, state, _ = step(model, state, source, jnp.asarray(imp), words[i], jnp.int32(t))
         np.testing.assert_allclose(run.model.W[i], model.W, rtol=2e-5, atol=2e-6)
         np.testing.assert_allclose(run.model.b_final[i], model.b_final, rtol=2e-5, atol=2e-6)
     assert run.loss_history.shape == (2, 2) and list(run.log_steps) == [6, 10]

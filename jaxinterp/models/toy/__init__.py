@@ -6,6 +6,7 @@ from jaxinterp.models.toy.data import (
     OnlineFeatures,
     check_importance,
     check_probabilities,
+    cipher_words,
     fixed_datasets,
     geometric_importance,
     sample_features,
@@ -35,22 +36,23 @@ from jaxinterp.models.toy.model import (
     init_toys,
     target,
 )
+from jaxinterp.models.toy.step import loss_and_grad, make_instance_step, tied_loss_and_grad
 from jaxinterp.models.toy.train import (
     ToyRun,
     ToyTrainConfig,
+    data_key_words,
     evaluate_toys,
     instance_keys,
     make_chunk,
-    make_instance_step,
     train_toys,
 )
 
 __all__ = [
     "POLYTOPES", "STICKY_VALUES", "VARIANTS", "FeatureGroup", "FixedDataset", "OnlineFeatures",
-    "Toy", "ToyConfig", "ToyMLP", "ToyModel", "ToyRun", "ToyTrainConfig", "check_importance",
+    "Toy", "ToyConfig", "ToyMLP", "ToyModel", "ToyRun", "ToyTrainConfig", "check_importance", "cipher_words", "data_key_words",
     "check_probabilities", "dimensions_per_feature", "evaluate_toys", "feature_dimensionality",
     "feature_geometry", "feature_norms", "feature_vectors", "fixed_datasets",
-    "geometric_importance", "importance_weighted_mse", "init_toy", "init_toys", "instance_keys",
+    "geometric_importance", "importance_weighted_mse", "loss_and_grad", "init_toy", "init_toys", "instance_keys",
     "make_chunk", "make_instance_step", "n_represented", "neighbour_angles", "sample_features",
-    "sample_features_two_draws", "superposition", "target", "train_toys",
+    "sample_features_two_draws", "superposition", "target", "tied_loss_and_grad", "train_toys",
 ]

@@ -14,11 +14,13 @@ the integer bits (``bits * 2^-32``, exact for small ``bits``), values stay finel
 even at ``p = 1e-4``.
 
 The words come from the Threefry-2x32 block cipher (20 rounds, the generator behind
-``jax.random``) in counter mode, keyed by two words drawn from the caller's key, and
-written out unrolled (:func:`random_words`): XLA:CPU fuses it into one loop, about 5x
-faster than ``jax.random.bits``, whose CPU lowering runs the rounds as a loop over whole
-arrays, and unlike the faster Philox keys of this JAX version it compiles in sharded
-programs (its ``mulhi`` cannot be partitioned).
+``jax.random``) in counter mode, written out unrolled (:func:`cipher_words`): XLA:CPU
+fuses it into one loop, about 5x faster than ``jax.random.bits``, whose CPU lowering runs
+the rounds as a loop over whole arrays, and unlike the faster Philox keys of this JAX
+version it compiles in sharded programs (its ``mulhi`` cannot be partitioned). The
+counter is ``(entry, stream)``: :func:`sample_features` keys it with two words drawn from
+the caller's key (stream 0); the trainer draws each instance's two key words once and
+passes the step as the stream, so a step costs no key derivation at all.
 
 Hyper-parameters are checked on the host before anything is traced: probabilities must lie
 in [0, 1], importances must be finite, non-negative and one per feature.
@@ -94,16 +96,37 @@ def threefry2x32(key: tuple, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, j
 
 
 def random_words(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
-    """``uint32`` random words of ``shape``: Threefry-2x32 in counter mode, word ``i`` the
-    first output for counter ``(i, 0)``, keyed by two words drawn from ``key`` with its own
-    impl. (One output per counter: a fused kernel computes each output element's rounds
-    on its own, so using both words would not save work, and this lets the sampler fuse.)"""
+    """``uint32`` random words of ``shape``: :func:`cipher_words` keyed by two words drawn
+    from ``key`` with its own impl, stream 0."""
+    return cipher_words(jax.random.bits(key, (2,), jnp.uint32), shape)
+
+
+def cipher_words(key_words: jax.Array, shape: tuple[int, ...], stream: jax.Array | int = 0) -> jax.Array:
+    """Threefry-2x32 in counter mode: word ``i`` is the first output for counter ``(i,
+    stream)`` under the two-word key ``key_words`` (``uint32[2]``). A trainer passes the
+    step as ``stream``, so each step reads fresh words with no per-step key derivation.
+    (One output per counter: a fused kernel computes each output element's rounds on its
+    own, so using both words would not save work, and this lets the sampler fuse.)"""
     n = int(np.prod(shape))
     if n >= 2**32:
-        raise ShapeError(f"random_words draws at most 2^32 words per key, asked for {n}.")
-    k = jax.random.bits(key, (2,), jnp.uint32)
+        raise ShapeError(f"cipher_words draws at most 2^32 words per key and stream, asked for {n}.")
     counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
-    return threefry2x32((k[0], k[1]), counter, jnp.zeros_like(counter))[0]
+    hi = jnp.broadcast_to(jnp.asarray(stream).astype(jnp.uint32), counter.shape)
+    return threefry2x32((key_words[0], key_words[1]), counter, hi)[0]
+
+
+def features_from_words(words: jax.Array, feature_probability: Float[Array, ""] | float,
+                        *, signed: bool = False) -> jax.Array:
+    """Sparse feature values from uniform ``uint32`` words, one word per entry: present
+    when ``u <= p`` (``u = words / 2^32``), then ``u / p`` (see the module docstring)."""
+    u = words.astype(jnp.float32) * _TWO_TO_MINUS_32
+    p = jnp.asarray(feature_probability, jnp.float32)
+    value = u / jnp.maximum(p, jnp.float32(1e-30))
+    if signed:
+        value = 2.0 * value - 1.0
+    # Materialise the batch once: left alone, XLA fuses the generator into every consumer
+    # of x and runs its 20 rounds again in each.
+    return jax.lax.optimization_barrier(jnp.where(u <= p, value, 0.0))
 
 
 def sample_features(
@@ -116,14 +139,8 @@ def sample_features(
 ) -> Float[Array, "batch feature"]:
     """A batch of sparse features: each present with probability ``p``, then uniform in
     [0, 1] (``signed``: [-1, 1]). One random word per entry (see the module docstring)."""
-    u = random_words(key, (batch, n_features)).astype(jnp.float32) * _TWO_TO_MINUS_32
-    p = jnp.asarray(feature_probability, jnp.float32)
-    value = u / jnp.maximum(p, jnp.float32(1e-30))
-    if signed:
-        value = 2.0 * value - 1.0
-    # Materialise the batch once: left alone, XLA fuses the generator into every consumer
-    # of x and runs its 20 rounds again in each.
-    return jax.lax.optimization_barrier(jnp.where(u <= p, value, 0.0))
+    return features_from_words(random_words(key, (batch, n_features)), feature_probability,
+                               signed=signed)
 
 
 def sample_features_two_draws(
@@ -152,6 +169,12 @@ class OnlineFeatures(eqx.Module):
                             signed=self.signed)
         return x, None
 
+    def sample_t(self, key_words: jax.Array, step: jax.Array) -> tuple[Float[Array, "feature batch"], None]:
+        """The trainer's batch of ``step``, feature-major (``[n_features, batch]``), from
+        the instance's two key words: :func:`cipher_words` with the step as its stream."""
+        words = cipher_words(key_words, (self.n_features, self.batch_size), step)
+        return features_from_words(words, self.feature_probability, signed=self.signed), None
+
 
 class FixedDataset(eqx.Module):
     """The same training set at every step, full batch (the double-descent runs).
@@ -166,6 +189,11 @@ class FixedDataset(eqx.Module):
     def sample(self, key: PRNGKeyArray) -> tuple[Float[Array, "batch feature"], Float[Array, " batch"]]:
         del key
         return self.x, self.weights
+
+    def sample_t(self, key_words: jax.Array, step: jax.Array) -> tuple[Float[Array, "feature batch"], Float[Array, " batch"]]:
+        """The training set, feature-major (``[n_features, batch]``), and its weights."""
+        del key_words, step
+        return self.x.T, self.weights
 
 
 def fixed_datasets(

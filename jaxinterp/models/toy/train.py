@@ -4,16 +4,18 @@ An experiment trains dozens to thousands of independent toy models that differ o
 their feature probability, importance, training set or seed. Each instance's update is
 the plain AdamW step on the importance-weighted MSE::
 
-    x ~ data(fold_in(key_i, t));  g = grad mean_b,j I_ij (target(x) - model_i(x))^2
+    x ~ data(key_i, t);  g = grad mean_b,j I_ij (target(x) - model_i(x))^2
     model_i, adam_i = adamw_update(g, adam_i, model_i)
 
 and a run is one compiled program per ``log_every`` steps: the instances are cut into
 blocks, and for each block ``scan(t, vmap(i in block, step))``, with the data drawn on the
 device, so the host only wakes up to log. Blocks exist for the CPU's caches: a vmap over
 all 256 instances of a ``batch 1024, n 20`` run streams ~21 MB arrays through memory for
-every element-wise op, about 3x slower than keeping a few instances' arrays in L2 for all
+every element-wise op, about 1.4x slower (in CPU time) than keeping a few instances' arrays in L2 for all
 their steps (``experiments/benchmarks/RESULTS_toy.md``). On accelerators a block is every
-instance. The data's random bits come from a fused Threefry (:func:`random_words`).
+instance. The data's random bits come from a fused Threefry keyed by the instance with the
+step as its stream (:func:`cipher_words`), and the gradient is in closed form
+(:mod:`jaxinterp.models.toy.step`).
 
 Instances are independent (``vmap`` over model, optimiser state, data source and key), so
 an instance's result is a function of ``(seed, instance index)`` alone: it does not change
@@ -56,6 +58,7 @@ from jaxinterp.models.toy.model import (
     init_toys,
     target,
 )
+from jaxinterp.models.toy.step import make_instance_step
 
 PRNG_IMPLS = ("threefry2x32", "philox2x32", "rbg", "unsafe_rbg")
 CACHE_BYTES = 2 * 2**20  # per block of instances on CPU: about the L2 cache
@@ -74,7 +77,7 @@ class ToyTrainConfig:
     schedule: str = "constant"  # "cosine": decay to 0 after the warm-up
     seed: int = 0
     log_every: int = 500  # steps per compiled scan (and per logged loss)
-    prng_impl: str = "threefry2x32"  # of the keys; bulk bits: data.random_words
+    prng_impl: str = "threefry2x32"  # of the keys; bulk bits: data.cipher_words
     instances_per_block: int = 0  # 0: cache-sized blocks on CPU, all instances elsewhere
     progress: bool = True
 
@@ -131,11 +134,16 @@ def instance_keys(key: jax.Array, n: int) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(0, 1, 3, 4))
 def _initial_state(cfg: ToyConfig, opt: optax.GradientTransformation, seed: int, prng_impl: str,
                    n: int):
-    """Every instance's model and optimiser state, and its data key (as raw key data)."""
+    """Every instance's model and optimiser state, and its data key words (``uint32[2]``)."""
     key = jax.random.key(seed, impl=prng_impl)
     models = init_toys(cfg, instance_keys(jax.random.fold_in(key, 0), n))
     data_keys = instance_keys(jax.random.fold_in(key, 1), n)
-    return (models, jax.vmap(opt.init)(models)), jax.random.key_data(data_keys)
+    return (models, jax.vmap(opt.init)(models)), data_key_words(data_keys)
+
+
+def data_key_words(keys: jax.Array) -> jax.Array:
+    """Each instance's two Threefry key words for its data stream, drawn from its key."""
+    return jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(keys)
 
 
 def _loss(cfg: ToyConfig, model: Toy, x, weights, importance):
@@ -143,38 +151,25 @@ def _loss(cfg: ToyConfig, model: Toy, x, weights, importance):
     return importance_weighted_mse(pred, target(cfg, x), importance, weights)
 
 
-def make_instance_step(cfg: ToyConfig, opt: optax.GradientTransformation):
-    """One instance's update ``(model, opt_state, source, importance, key) -> (model,
-    opt_state, loss)``; the trainer ``vmap``s it (the benchmark also loops over it)."""
-
-    def step(model, opt_state, source, importance, key):
-        x, weights = source.sample(key)
-        loss, grads = jax.value_and_grad(lambda m: _loss(cfg, m, x, weights, importance))(model)
-        updates, opt_state = opt.update(grads, opt_state, model)
-        return optax.apply_updates(model, updates), opt_state, loss
-
-    return step
-
-
 def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
-               blocks: tuple[int, ...], prng_impl: str = "threefry2x32"):
+               blocks: tuple[int, ...], make_step=make_instance_step):
     """``(states, rest, t0) -> (states, mean losses)`` for groups of instances.
 
     ``states[g]`` is group ``g``'s ``(model, opt_state)`` and ``rest[g]`` its ``(sources,
-    importance, key_data)`` (raw ``prng_impl`` keys), every leaf with a leading instance axis. Each group is advanced
+    importance, key_words)`` (:func:`data_key_words`), every leaf with a leading instance
+    axis. Each group is advanced
     ``length`` steps, ``blocks[g]`` instances at a time (``vmap``), its blocks one after the
     other (``lax.map``). Groups exist so that fixed training sets of different sizes run
-    in one program without padding the small ones to the largest.
+    in one program without padding the small ones to the largest. ``make_step`` builds
+    the per-instance step (:func:`make_instance_step`; the benchmark swaps in others).
     """
-    step = jax.vmap(make_instance_step(cfg, opt))
+    step = jax.vmap(make_step(cfg, opt), in_axes=(0, 0, 0, 0, 0, None))
 
     def run_block(args, t0):
-        state, sources, importance, key_data = args
-        keys = jax.random.wrap_key_data(key_data, impl=prng_impl)
+        state, sources, importance, key_words = args
 
         def body(carry, t):
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
-            model, opt_state, loss = step(*carry, sources, importance, step_keys)
+            model, opt_state, loss = step(*carry, sources, importance, key_words, t)
             return (model, opt_state), loss
 
         state, losses = jax.lax.scan(body, state, t0 + jnp.arange(length))
@@ -198,7 +193,7 @@ def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
 def block_size(cfg: ToyConfig, train: ToyTrainConfig, batch: int, n_local: int, platform: str) -> int:
     """Instances per vmapped block: ``train.instances_per_block``, else all of them on an
     accelerator, else a power of two whose main step arrays (about ``3 n + 2 m`` floats
-    per example) fit in :data:`CACHE_BYTES` (4 for n=20, m=5, batch 1024: measured best)."""
+    per example) fit in :data:`CACHE_BYTES` (4 for n=20, m=5, batch 1024; 2 to 16 measure alike)."""
     if train.instances_per_block:
         return min(train.instances_per_block, n_local)
     if platform != "cpu":
@@ -289,7 +284,7 @@ def train_toys(
     t0 = jnp.asarray(0, jnp.int32)
     programs = {}
     for n in set(lengths):
-        fn = make_chunk(cfg, opt, n, tuple(blocks), train.prng_impl)
+        fn = make_chunk(cfg, opt, n, tuple(blocks))
         if n_dev > 1:  # each device runs the program on its own slice of the instances
             fn = jax.shard_map(fn, mesh=mesh, in_specs=(P("instance"), P("instance"), P()),
                                out_specs=P("instance"))
