@@ -98,6 +98,8 @@ def scatter_rows(out: Float[Array, "s d"], coef: Float[Array, "n k"], idx: Int[A
                  rows: Float[Array, "n d"]) -> Float[Array, "s d"]:
     """``out[idx[b, j]] += coef[b, j] * rows[b]``, in place (the transpose of
     :func:`decode_rows` in ``W``): one ``[n, d]`` scatter-add per slot."""
+    if idx.shape[1] == 0:
+        return out
     coef, rows = coef.astype(out.dtype), rows.astype(out.dtype)
 
     def body(j, out):
