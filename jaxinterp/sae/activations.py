@@ -75,8 +75,13 @@ step.defvjp(_step_fwd, _step_bwd)
 
 
 def topk_indices(pre: Float[Array, "... s"], k: int) -> tuple[Array, Int[Array, "... k"]]:
-    """``(values, indices)`` of the ``k`` largest entries of each row (``lax.top_k``)."""
-    return jax.lax.top_k(pre, k)
+    """``(values, indices)`` of the ``k`` largest entries of each row (``lax.top_k``).
+
+    The optimization barrier keeps XLA from fusing the consumers of the result into the
+    selection: ``top_k`` reaches XLA as a full sort plus slices, which XLA turns back into
+    a real top-k only when slices are the sort's sole users (otherwise a ``[n, d_sae]``
+    sort, ~100x slower at d_sae 65536)."""
+    return tuple(jax.lax.optimization_barrier(jax.lax.top_k(pre, k)))
 
 
 def scatter_last(values: Float[Array, "... k"], indices: Int[Array, "... k"], size: int) -> Array:

@@ -27,7 +27,7 @@ from jaxtyping import Array, Bool, Float
 
 from jaxinterp.sae import activations as A
 from jaxinterp.sae.sae import SAE
-from jaxinterp.sae.sparse_topk import count_fires, gather_pre, sparse_decode
+from jaxinterp.sae.sparse_topk import count_fires, sparse_topk
 
 sg = jax.lax.stop_gradient
 
@@ -153,30 +153,40 @@ def _matryoshka_prefix_mse(sae: SAE, acts, y) -> Array:
 def _topk_sparse(sae: SAE, x, y, dead) -> tuple[Array, Array, Array, Array]:
     cfg = sae.cfg
     pre = sg(sae.hidden_pre(x))
-    _, idx = A.topk_indices(pre, cfg.k)
-    vals = gather_pre(pre, x, sae.b_dec, sae.W_enc, sae.b_enc, idx, cfg.apply_b_dec_to_input)
-    acts = jax.nn.relu(vals)
-    y_hat = sparse_decode(acts, idx, sae.W_dec) + sae.b_dec + sae.skip(x)
+    vals, idx = A.topk_indices(pre, cfg.k)
+    aux_vals, aux_idx, aux_on, scale = _aux_choice(cfg, pre, dead)
+    recon, aux_recon = sparse_topk(cfg.apply_b_dec_to_input, sae.W_enc, sae.b_enc, sae.W_dec,
+                                   sae.b_dec, x, vals, idx, aux_vals, aux_idx, aux_on)
+    y_hat = recon + sae.b_dec + sae.skip(x)
+    aux_loss = cfg.aux_k_coefficient * scale * ((aux_recon - sg(y - y_hat)).astype(jnp.float32) ** 2).sum(-1).mean()
     active = vals > 0
-    aux_loss = cfg.aux_k_coefficient * _aux_k(sae, pre, x, sg(y - y_hat), dead)
     l0 = active.sum(-1).astype(jnp.float32).mean()
     return y_hat, count_fires(idx, active, cfg.d_sae), l0, aux_loss
 
 
-def _aux_k(sae: SAE, pre, x, residual, dead) -> Array:
-    """Gao et al.'s auxiliary loss: the ``k_aux`` largest pre-activations among dead
-    latents reconstruct the residual; 0 (and no work) while nothing is dead. Only the
-    chosen latents take part (``gather_pre`` and ``sparse_decode``), whatever the
-    architecture, so a step without dead latents costs nothing here."""
-    cfg = sae.cfg
+def _aux_choice(cfg, pre, dead) -> tuple[Array, Array, Array, Array]:
+    """Gao et al.'s auxiliary-k choice: the ``k_aux = d_in / 2`` largest pre-activations
+    among dead latents per token (``-inf`` where fewer are dead), whether any latent is
+    dead, and the loss scale ``min(n_dead / k_aux, 1)``. The top-k over the masked
+    pre-activations runs only when some latent is dead."""
     k_aux = max(1, min(cfg.d_in // 2, cfg.d_sae))
     n_dead = dead.sum()
+    on = n_dead > 0
+    shape = (pre.shape[0], k_aux)
+    vals, idx = jax.lax.cond(
+        on, lambda: tuple(A.topk_indices(jnp.where(dead, pre, -jnp.inf), k_aux)),
+        lambda: (jnp.full(shape, -jnp.inf, pre.dtype), jnp.zeros(shape, jnp.int32)))
+    return vals, idx, on, jnp.minimum(n_dead.astype(jnp.float32) / k_aux, 1.0)
 
-    def loss() -> Array:
-        _, idx = A.topk_indices(jnp.where(dead, pre, -jnp.inf), k_aux)
-        vals = gather_pre(pre, x, sae.b_dec, sae.W_enc, sae.b_enc, idx, cfg.apply_b_dec_to_input)
-        e_hat = sparse_decode(jnp.where(dead[idx], jax.nn.relu(vals), 0.0), idx, sae.W_dec)
-        scale = jnp.minimum(n_dead.astype(jnp.float32) / k_aux, 1.0)
-        return scale * ((e_hat - residual).astype(jnp.float32) ** 2).sum(-1).mean()
 
-    return jax.lax.cond(n_dead > 0, loss, lambda: jnp.zeros((), jnp.float32))
+def _aux_k(sae: SAE, pre, x, residual, dead) -> Array:
+    """Gao et al.'s auxiliary loss: the ``k_aux`` largest pre-activations among dead
+    latents reconstruct the residual, ``min(n_dead / k_aux, 1) * mse``; 0 (and no work)
+    while nothing is dead. Only the chosen latents take part (:func:`sparse_topk` with
+    no main latents), whatever the architecture."""
+    cfg = sae.cfg
+    aux_vals, aux_idx, aux_on, scale = _aux_choice(cfg, pre, dead)
+    none = jnp.zeros((x.shape[0], 0), pre.dtype)
+    _, e_hat = sparse_topk(cfg.apply_b_dec_to_input, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec,
+                           x, none, none.astype(jnp.int32), aux_vals, aux_idx, aux_on)
+    return scale * ((e_hat - residual).astype(jnp.float32) ** 2).sum(-1).mean()

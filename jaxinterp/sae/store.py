@@ -14,7 +14,10 @@ per site) whatever the number of training tokens. Several sites come from one fo
 pass (their rows stay aligned: row ``i`` of every site is the same token, which is what
 a transcoder needs). With ``cache_dir``, each generation's activations are written once
 as ``.npy`` shards (one per site) under a key of the model's weights, the sites and the
-token source, and later runs read them instead of running the model.
+token source, and later runs read them instead of running the model. (npy rather than
+array_record: a generation is read and written whole, which is one contiguous read for an
+npy file, while array_record's per-record framing and compression serve random access to
+many small records; npy also needs nothing beyond numpy and any tool can open the shards.)
 
 The model is anything :func:`jaxinterp.run_with_cache` accepts: a ``HookedTransformer``
 or any function of the tokens that tags values with ``ji.hook``.

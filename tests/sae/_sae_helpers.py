@@ -12,7 +12,7 @@ from jaxinterp.sae import SAE, SAEConfig, init_sae
 
 def randomised(cfg: SAEConfig, seed: int = 0) -> SAE:
     """An SAE whose every parameter is random (biases and thresholds included)."""
-    sae = init_sae(cfg, jax.random.key(seed))
+    sae = jax.eval_shape(lambda key: init_sae(cfg, key), jax.random.key(seed))  # shapes only: no compile
     leaves, treedef = jax.tree.flatten(sae)
     rng = np.random.default_rng(seed + 1)  # numpy: no XLA compile per shape
     new = [jnp.asarray(0.3 * rng.normal(size=x.shape), x.dtype) for x in leaves]

@@ -2,8 +2,9 @@
 
     python _sae_script.py RUNS NAME [--steps N] [--sleep S] [--mesh SPEC] [--reference RUNS2]
         trains a TopK SAE (sparse path, auxiliary-k loss on dead latents) on synthetic
-        activations with checkpoints every 5 steps; writes final.npz and result.json
-        (then, with --reference, the same run from scratch into RUNS2: one process, one compile).
+        activations with checkpoints every 5 steps (--checkpoint-every); writes final.npz and
+        result.json (then, with --reference, the same run from scratch and without checkpoints
+        into RUNS2: one process, one compile).
     python _sae_script.py RUNS compare --mesh SPEC
         (under XLA_FLAGS=--xla_force_host_platform_device_count=8) trains the same SAEs
         unsharded and on the mesh, prints JSON: max differences, shardings, mesh errors.
@@ -100,6 +101,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--reference", default="")
+    p.add_argument("--checkpoint-every", type=int, default=5)
     a = p.parse_args()
     if a.name == "compare":
         print(json.dumps(compare(a.runs, a.mesh)))
@@ -108,8 +110,10 @@ def main() -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{a.port}", num_processes=a.processes,
                                    process_id=a.process)
-    for runs in filter(None, (a.runs, a.reference)):
-        result = run(runs, a.name, a.steps, mesh=a.mesh, sleep=a.sleep)
+    for runs, ckpt in ((a.runs, a.checkpoint_every), (a.reference, 0)):  # the reference saves nothing
+        if not runs:
+            continue
+        result = run(runs, a.name, a.steps, mesh=a.mesh, sleep=a.sleep, ckpt=ckpt)
         params = params_of(result)
         if jax.process_index() == 0:
             np.savez(result.run_dir / "final.npz", **params)

@@ -31,15 +31,17 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_forward_matches_numpy(name: str) -> None:
-    sae = randomised(CONFIGS[name])
+def test_forward_matches_numpy() -> None:
+    """Every architecture (one compiled program for all of them)."""
+    saes = {name: randomised(cfg) for name, cfg in CONFIGS.items()}
     x = jnp.asarray(np.random.default_rng(7).normal(size=(3, 4, D_IN)), jnp.float32)  # any leading axes
-    acts_ref, out_ref = np_forward(sae, np.asarray(x).reshape(-1, D_IN))
-    acts, out = jax.jit(lambda s, v: (s.encode(v), s(v)))(sae, x)
-    assert acts.shape == (3, 4, D_SAE) and (acts_ref > 0).any()
-    np.testing.assert_allclose(np.asarray(acts).reshape(-1, D_SAE), acts_ref, atol=2e-5)
-    np.testing.assert_allclose(np.asarray(out).reshape(12, -1), out_ref, atol=2e-5)
+    got = jax.jit(lambda ss, v: {n: (s.encode(v), s(v)) for n, s in ss.items()})(saes, x)
+    for name, sae in saes.items():
+        acts_ref, out_ref = np_forward(sae, np.asarray(x).reshape(-1, D_IN))
+        acts, out = got[name]
+        assert acts.shape == (3, 4, D_SAE) and (acts_ref > 0).any(), name
+        np.testing.assert_allclose(np.asarray(acts).reshape(-1, D_SAE), acts_ref, atol=2e-5, err_msg=name)
+        np.testing.assert_allclose(np.asarray(out).reshape(12, -1), out_ref, atol=2e-5, err_msg=name)
 
 
 def reference_loss(sae: SAE, x, dead) -> jax.Array:
@@ -77,29 +79,40 @@ def reference_loss(sae: SAE, x, dead) -> jax.Array:
     raise AssertionError(cfg.architecture)
 
 
-@pytest.mark.parametrize(("name", "sparse"), [("standard", False), ("standard_plain_l1", False),
-                                             ("gated", False), ("topk", True), ("topk", False)])
-def test_gradients_match_a_dense_reference(name: str, sparse: bool) -> None:
-    sae = randomised(CONFIGS[name])
+GRADIENT_CASES = (("standard", False), ("standard_plain_l1", False), ("gated", False), ("topk", True),
+                  ("topk", False))
+
+
+def test_gradients_match_a_dense_reference() -> None:
+    """Ours (TopK: sparse and dense paths) against the reference, one compiled program."""
+    saes = {name: randomised(CONFIGS[name]) for name, _ in GRADIENT_CASES}
     x = jnp.asarray(np.random.default_rng(8).normal(size=(16, D_IN)), jnp.float32)
     dead = jnp.asarray(np.arange(D_SAE) % 3 == 0)
-    ours = jax.jit(jax.grad(lambda s: sae_loss(s, x, dead=dead, sparse=sparse)[0]))(sae)
-    ref = jax.jit(jax.grad(lambda s: reference_loss(s, x, dead)))(sae)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
-        assert float(jnp.abs(b).max()) > 0
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-5, rtol=1e-4)
+
+    @jax.jit
+    def both(ss):
+        ours = {f"{n}-{sp}": jax.grad(lambda s, sp=sp: sae_loss(s, x, dead=dead, sparse=sp)[0])(ss[n])
+                for n, sp in GRADIENT_CASES}
+        ref = {n: jax.grad(lambda s: reference_loss(s, x, dead))(s) for n, s in ss.items()}
+        return ours, ref
+
+    ours, ref = both(saes)
+    for name, sparse in GRADIENT_CASES:
+        pairs = zip(jax.tree.leaves(ours[f"{name}-{sparse}"]), jax.tree.leaves(ref[name]), strict=True)
+        for a, b in pairs:
+            assert float(jnp.abs(b).max()) > 0, (name, sparse)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-5, rtol=1e-4,
+                                       err_msg=f"{name} sparse={sparse}")
 
 
 def test_topk_sparse_path_equals_dense_path_with_dead_latents() -> None:
     sae = randomised(SAEConfig(D_IN, D_SAE, "topk", k=K, d_out=None))
     x = jnp.asarray(np.random.default_rng(9).normal(size=(32, D_IN)), jnp.float32)
     dead = jnp.asarray(np.arange(D_SAE) < 30)  # more dead latents than k_aux
-    outs = {}
-    for sparse in (True, False):
-        fn = jax.jit(jax.value_and_grad(lambda s, sp=sparse: sae_loss(s, x, dead=dead, sparse=sp)[:2],
-                                        has_aux=True))
-        (loss, metrics), grads = fn(sae)
-        outs[sparse] = (loss, metrics, grads)
+    outs = jax.jit(lambda s: {sp: jax.value_and_grad(lambda s_, sp=sp: sae_loss(s_, x, dead=dead, sparse=sp)[:2],
+                                                     has_aux=True)(s) for sp in (True, False)})(sae)
+    outs = {sp: (loss, metrics, grads) for sp, ((loss, metrics), grads) in outs.items()}
+    for _, metrics, _ in outs.values():
         assert float(metrics["aux_loss"]) > 0
     np.testing.assert_allclose(outs[True][0], outs[False][0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(outs[True][2]), jax.tree.leaves(outs[False][2]), strict=True):

@@ -31,7 +31,7 @@ def test_train_sae_then_eval_sae(tiny_model, capsys) -> None:
     common = ["--model", str(root / "model"), "--tokens", str(text), "--seq-len", "32",
               "--eval-tokens", "1024", "--runs-dir", str(root)]
     assert cli.main(["train-sae", *common, "--site", "blocks.0.hook_resid_post", "--expansion", "4",
-                     "--k", "4", "--steps", "20", "--batch-size", "128", "--buffer-tokens", "2048",
+                     "--k", "4", "--steps", "10", "--batch-size", "128", "--buffer-tokens", "2048",
                      "--checkpoint-every", "10", "--name", "tr", "--no-progress"]) == 0
     run = root / "tr"
     metrics = json.loads((run / "metrics.json").read_text())
