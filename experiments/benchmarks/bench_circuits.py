@@ -9,6 +9,7 @@
 
     python experiments/benchmarks/bench_circuits.py            # about 5 minutes on 2 cores
     python experiments/benchmarks/bench_circuits.py --quick    # composition on 6 layers, no TL repeat
+    python experiments/benchmarks/bench_circuits.py --skip-composition   # edge attribution and detectors only
 """
 
 from __future__ import annotations
@@ -82,17 +83,43 @@ def bench_composition(n_layers: int, tl_repeat: int) -> None:
               f"{method}: {flops / 1e9:.1f} GFLOP at {flops / steady / 1e9:.1f} GFLOP/s | max |diff| {err:.1e}")
 
 
+def paired_ratio(fn, base, repeat: int = 5) -> tuple[float, float, float]:
+    """(first call of ``fn``, median of its steady time, median of ``fn / base`` over
+    ``repeat`` pairs): pairing keeps a shared machine's load swings out of the ratio; each
+    pair's ``base`` is the median of 3 calls in a row (its steady state, caches warm)."""
+    jax.block_until_ready(base())
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    times, ratios = [], []
+    for _ in range(repeat):
+        base_times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            jax.block_until_ready(base())
+            base_times.append(time.perf_counter() - t)
+        t_base = statistics.median(base_times)
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+        ratios.append(times[-1] / t_base)
+    return first, statistics.median(times), statistics.median(ratios)
+
+
 def bench_eap(label: str, model, clean, corrupted, metric, steps: int = 5) -> None:
     forward = jax.jit(lambda m, t: m(t))
     _, t_fwd = timed(lambda: forward(model, clean), repeat=7)
     print(f"\n== edge attribution, {label}: batch {clean.shape}, forward pass {t_fwd * 1e3:.1f} ms ==")
     for method in circuits.METHODS:
-        first, steady = timed(lambda method=method: circuits.edge_attribution(
-            model, clean, corrupted, metric, method=method, steps=steps).values)
-        passes = {"EAP": "2 forward + 1 backward", "EAP-IG-inputs": f"2 forward + {steps} (forward+backward)",
-                  "EAP-IG-activations": f"2 forward + {(1 + 2 * model.cfg.n_layers) * steps} (forward+backward)"}
-        print(f"{method:<19} {steady / t_fwd:6.1f} forward-pass equivalents (steady {steady * 1e3:.1f} ms, "
-              f"first call {first:.1f} s; {passes[method]})")
+        first, steady, ratio = paired_ratio(lambda method=method: circuits.edge_attribution(
+            model, clean, corrupted, metric, method=method, steps=steps).values, lambda: forward(model, clean),
+            repeat=3 if method == "EAP-IG-activations" else 7)
+        passes = {"EAP": "2 forward + 1 backward",
+                  "EAP-IG-inputs": f"1 forward of both batches + {steps} (forward+backward)",
+                  "EAP-IG-activations": f"1 forward of both batches + {(1 + 2 * model.cfg.n_layers) * steps} "
+                                        "(forward+backward)"}
+        print(f"{method:<19} {ratio:6.1f} forward-pass equivalents (median of back-to-back pairs; steady "
+              f"{steady * 1e3:.1f} ms, first call {first:.1f} s; {passes[method]})")
 
 
 def bench_detectors(model, tokens) -> None:
@@ -106,9 +133,11 @@ def bench_detectors(model, tokens) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 layers and one TransformerLens call per mode")
+    parser.add_argument("--skip-composition", action="store_true", help="only edge attribution and detectors")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    bench_composition(6 if args.quick else 12, 1 if args.quick else 2)
+    if not args.skip_composition:
+        bench_composition(6 if args.quick else 12, 1 if args.quick else 2)
     from jaxinterp.recipes.ioi import train_ioi_model
 
     model, _ = train_ioi_model(300, cfg=ioi_config(n_layers=3), progress=False)

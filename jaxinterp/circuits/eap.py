@@ -20,9 +20,13 @@ better where the model is not linear:
 
 A score estimates ``metric(edge patched) - metric(clean)``: large negative = the edge
 carries what the clean prompt needs. Each method is one compiled program: EAP runs two
-forward passes and one backward pass; EAP-IG-inputs two forward passes and ``m`` forward
-and backward passes (batched); EAP-IG-activations ``(2 n_layers + 1) m`` of them.
-:func:`exact_edge_scores` patches every edge for real, to check the estimates.
+forward passes and one backward pass; EAP-IG-inputs one forward pass over the clean and
+corrupted batches together and ``m`` forward and backward passes (batched);
+EAP-IG-activations ``(2 n_layers + 1) m`` of them. The passes are the model's own
+(:mod:`._probe`): heads' outputs are kept as ``z`` and expanded to ``z_h W_O[h]`` only for
+the clean-corrupted difference, and every edge comes from one matrix product
+``[U, B P d] x [B P d, V]``. :func:`exact_edge_scores` patches every edge for real, to
+check the estimates.
 """
 
 from __future__ import annotations
@@ -35,13 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from jaxinterp.circuits._graph_forward import (
-    EdgeMix,
-    Interpolation,
-    graph_forward,
-    node_gradients,
-    probe_forward,
-)
+from jaxinterp.circuits._graph_forward import EdgeMix, graph_forward
+from jaxinterp.circuits._probe import Interpolation, NodeActs, node_gradients, probe_forward
 from jaxinterp.circuits.graph import Graph
 from jaxinterp.errors import ConfigError, ShapeError, unknown_name_message
 from jaxinterp.interp.metrics import Metric, batch_mean, check_metric
@@ -51,11 +50,11 @@ from jaxinterp.named import NamedArray
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations")
 
 
-def _grad_at(model, graph, tokens, metric, **kw) -> tuple[Float[Array, "V B P d"], tuple[Array, Array]]:
+def _grad_at(model, graph, tokens, metric, **kw) -> tuple[Float[Array, "V B P d"], tuple[Array, NodeActs]]:
     """``d metric / d in_v`` for every destination node, from one forward and backward
     pass; also the metric and the node outputs of that pass."""
-    value, outputs, grads = node_gradients(model, graph, tokens, metric, **kw)
-    return grads, (value, outputs)
+    value, acts, grads = node_gradients(model, graph, tokens, metric, **kw)
+    return grads, (value, acts)
 
 
 def _divisor_at_most(n: int, chunk: int) -> int:
@@ -69,23 +68,33 @@ def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
     return jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:])).mean(0)
 
 
+def _contract(diff: Float[Array, "U B P d"], grads: Float[Array, "V B P d"]) -> Float[Array, "U V"]:
+    """``scores[u, v] = sum_{b,p,d} diff[u] grads[v]``: one matrix product over the flattened
+    batch, positions and width (XLA's CPU runs the einsum form of it several times slower)."""
+    U, V = diff.shape[0], grads.shape[0]
+    return diff.reshape(U, -1).astype(jnp.float32) @ grads.reshape(V, -1).astype(jnp.float32).T
+
+
 @eqx.filter_jit
 def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int):
-    corrupt_logits, corrupt_out, _, _ = probe_forward(model, graph, corrupted)
-    if method == "EAP":  # the clean outputs come with the gradient pass: 2 forward, 1 backward
-        grads, (m_clean, clean_out) = _grad_at(model, graph, clean, metric)
-    else:
-        clean_logits, clean_out, _, _ = probe_forward(model, graph, clean)
-        m_clean = batch_mean(metric, clean_logits)
+    B = clean.shape[0]
+    if method == "EAP":  # 1 forward (corrupted), 1 forward + backward (clean)
+        corrupt_logits, corrupt_acts, _, _ = probe_forward(model, corrupted)
+        grads, (m_clean, clean_acts) = _grad_at(model, graph, clean, metric)
+    else:  # clean and corrupted in one forward pass over both batches
+        logits, both, _, _ = probe_forward(model, jnp.concatenate([clean, corrupted]))
+        clean_acts, corrupt_acts = both.rows(slice(None, B)), both.rows(slice(B, None))
+        m_clean, corrupt_logits = batch_mean(metric, logits[:B]), logits[B:]
     # EAP-IG: each chunk of k steps is one pass over k stacked copies of the batch
     if method == "EAP-IG-inputs":
+        x_clean, x_corrupt = clean_acts.embed, corrupt_acts.embed
+
         def at(alphas):
-            a = alphas[:, None, None, None].astype(clean_out.dtype)
-            embed = corrupt_out[0][None] + a * (clean_out[0] - corrupt_out[0])[None]
-            embed = embed.reshape((-1,) + embed.shape[2:])
+            a = alphas[:, None, None, None].astype(x_clean.dtype)
+            embed = (x_corrupt[None] + a * (x_clean - x_corrupt)[None]).reshape((-1,) + x_clean.shape[1:])
             return _grad_at(model, graph, clean, metric, input_embed=embed, copies=alphas.shape[0])[0]
 
-        grads = _mean_over(at, jnp.arange(steps, dtype=clean_out.dtype) / steps, chunk)
+        grads = _mean_over(at, jnp.arange(steps, dtype=x_clean.dtype) / steps, chunk)
     elif method == "EAP-IG-activations":
         n_groups = 1 + model.cfg.n_layers * (2 if model.cfg.has_mlp else 1)
         index = jnp.arange(n_groups)
@@ -93,11 +102,12 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         group, k = jnp.meshgrid(codes, jnp.arange(1, steps + 1), indexing="ij")
 
         def at(gk):
-            interp = Interpolation(gk[:, 0], gk[:, 1].astype(clean_out.dtype) / steps, clean_out, corrupt_out)
+            interp = Interpolation(gk[:, 0], gk[:, 1].astype(clean_acts.embed.dtype) / steps, clean_acts,
+                                   corrupt_acts)
             return _grad_at(model, graph, clean, metric, interp=interp, copies=gk.shape[0])[0]
 
         grads = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
-    scores = jnp.einsum("ubpd,vbpd->uv", (corrupt_out - clean_out).astype(jnp.float32), grads.astype(jnp.float32))
+    scores = _contract((corrupt_acts - clean_acts).expand(model), grads)
     scores = jnp.where(jnp.asarray(graph.valid), scores, 0.0)
     return scores, m_clean, batch_mean(metric, corrupt_logits)
 
@@ -155,7 +165,7 @@ def edge_attribution(model: HookedTransformer, clean_tokens: Int[ArrayLike, "bat
 
 @eqx.filter_jit
 def _patched_metrics(model, graph: Graph, clean, corrupted, metric, keep: Float[Array, "n U V"], chunk: int):
-    _, corrupt_out, _, _ = probe_forward(model, graph, corrupted)
+    corrupt_out = probe_forward(model, corrupted)[1].expand(model)
 
     def one(w):
         return batch_mean(metric, graph_forward(model, graph, clean, mix=EdgeMix(w, corrupt_out))[0])

@@ -1,0 +1,212 @@
+"""Node outputs and node-input gradients from the plain forward pass (what EAP needs).
+
+Edge attribution needs, for every source node ``u``, its output ``a_u`` and, for every
+destination node ``v``, ``d metric / d in_v``: the gradient at the node's *own* input (one
+head's query input, not the shared residual stream). Both come out of the model's own
+``components.block`` under ``lax.scan``, with a handler (:class:`_Probe`) that
+
+* records the node outputs compactly, :class:`NodeActs`: the embedding, each layer's
+  ``z`` ``[B, P, H, d_head]`` and each MLP's output. A head's output is ``z_h W_O[h]``;
+  it is formed (:meth:`NodeActs.expand`) only for the difference of two runs, never in
+  the forward pass, which keeps its fused ``sum_h z_h W_O[h]``;
+* adds zero ``deltas`` after the q/k/v and MLP input projections: the gradient of the
+  metric with respect to them, carried back through ``W^T`` and the layer norm at the
+  residual the node read, is ``d metric / d in_v`` (:func:`node_gradients`: one forward
+  and one backward pass, no per-node copy of the residual stream);
+* optionally swaps in interpolated node outputs (:class:`Interpolation`, EAP-IG-activations).
+  Interpolating ``z`` interpolates the heads' outputs, which are linear in it.
+
+Shapes: ``U`` source nodes, ``V`` destination nodes, ``B`` batch, ``P`` positions,
+``L`` layers, ``H`` heads, ``K`` stacked copies of the batch.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from jaxinterp.circuits.graph import Graph
+from jaxinterp.hooks import Handler, handler_scope
+from jaxinterp.models import components as C
+from jaxinterp.models.transformer import HookedTransformer, embed, positions_and_mask, unembed
+
+
+class NodeActs(eqx.Module):
+    """Every source node's output in compact form: the embedding ``[B, P, d]``, the heads'
+    ``z`` ``[L, B, P, H, d_head]`` (head ``h`` writes ``z_h W_O[h]``) and the MLPs' outputs
+    ``[L, B, P, d]`` (``None`` for attention-only models)."""
+
+    embed: Float[Array, "B P d"]
+    z: Float[Array, "L B P H e"]
+    mlp: Float[Array, "L B P d"] | None
+
+    def __sub__(self, other: NodeActs) -> NodeActs:
+        return jax.tree.map(jnp.subtract, self, other)
+
+    def rows(self, s: slice) -> NodeActs:
+        """The batch rows ``s`` of every output."""
+        return NodeActs(self.embed[s], self.z[:, s], None if self.mlp is None else self.mlp[:, s])
+
+    def expand(self, model: HookedTransformer) -> Float[Array, "U B P d"]:
+        """The outputs ``[U, B, P, d]`` in the graph's source order (input, then per layer
+        its heads and its MLP)."""
+        heads = jnp.einsum("lbphe,lhed->lhbpd", self.z, model.blocks.attn.W_O.astype(self.z.dtype))
+        per_layer = heads if self.mlp is None else jnp.concatenate([heads, self.mlp[:, None]], 1)
+        return jnp.concatenate([self.embed[None], per_layer.reshape((-1,) + self.embed.shape)])
+
+
+class Interpolation(eqx.Module):
+    """For each of ``K`` stacked copies of the batch (rows ``k*B:(k+1)*B``), replaces one
+    group of node outputs (``group[k]`` 0: the input; ``1 + 2l``: the heads of layer ``l``,
+    through their ``z``; ``2 + 2l``: its MLP) by ``alpha[k] * clean + (1 - alpha[k]) * corrupt``."""
+
+    group: Int[Array, " K"]
+    alpha: Float[Array, " K"]
+    clean: NodeActs
+    corrupt: NodeActs
+
+    def mix(self, code, value: Array, clean: Array, corrupt: Array) -> Array:
+        """``value`` ``[K*B, ...]``, each copy interpolated where ``code`` is its group."""
+        K = self.group.shape[0]
+        copies = value.reshape((K, -1) + value.shape[1:])
+        bcast = (slice(None),) + (None,) * (copies.ndim - 1)
+        a = self.alpha[bcast].astype(value.dtype)
+        new = a * clean.astype(value.dtype)[None] + (1 - a) * corrupt.astype(value.dtype)[None]
+        return jnp.where((self.group == code)[bcast], new, copies).reshape(value.shape)
+
+
+_PROBED = ("hook_resid_pre", "hook_resid_mid", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",
+           "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear")
+
+
+class _Probe(Handler):
+    """Inside ``components.block``: adds the deltas, swaps in interpolated outputs, keeps
+    what the node outputs and node-input gradients are built from."""
+
+    def __init__(self, deltas: dict, swap: dict):
+        self.deltas, self.swap, self.seen = deltas, swap, {}
+
+    def wants(self, name: str) -> bool:
+        return name in _PROBED
+
+    def handle(self, site, x, frames_above):
+        name = site.name()
+        if name in self.swap:
+            x = self.swap[name](x)
+        if name in self.deltas:
+            x = x + self.deltas[name].astype(x.dtype)
+        self.seen[name] = x
+        return x
+
+
+def zero_deltas(cfg, tokens, dtype) -> dict:
+    """Zeros after every projection a node input goes through, and at the final residual."""
+    B, P = tokens.shape
+    L, H, G, e = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    d = {"attn.hook_q": (L, B, P, H, e), "attn.hook_k": (L, B, P, G, e), "attn.hook_v": (L, B, P, G, e)}
+    if cfg.has_mlp:
+        d["mlp.hook_pre"] = (L, B, P, cfg.d_mlp)
+        if cfg.gated_mlp:
+            d["mlp.hook_pre_linear"] = (L, B, P, cfg.d_mlp)
+    d["final"] = (B, P, cfg.d_model)
+    return {k: jnp.zeros(v, dtype) for k, v in d.items()}
+
+
+def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas: dict | None = None,
+                  input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None):
+    """The plain forward pass with every node's output recorded:
+    ``(logits, NodeActs, resid_pre [L, B, P, d], resid_mid [L, B, P, d])``."""
+    cfg = model.cfg
+    positions, mask = positions_and_mask(tokens)
+    x0 = embed(model, tokens, positions) if input_embed is None else input_embed
+    if interp is not None:
+        x0 = interp.mix(0, x0, interp.clean.embed, interp.corrupt.embed)
+    deltas = deltas or {}
+    per_layer = {k: v for k, v in deltas.items() if k != "final"}
+    fixed = None if interp is None else (interp.clean.z, interp.corrupt.z, interp.clean.mlp, interp.corrupt.mlp)
+
+    def layer(h, xs):
+        p, spec, l, d, fix = xs
+        swap = {}
+        if interp is not None:
+            z_clean, z_corrupt, m_clean, m_corrupt = fix
+            swap["attn.hook_z"] = lambda z: interp.mix(1 + 2 * l, z, z_clean, z_corrupt)
+            if cfg.has_mlp:
+                swap["hook_mlp_out"] = lambda o: interp.mix(2 + 2 * l, o, m_clean, m_corrupt)
+        probe = _Probe(d, swap)
+        with handler_scope(probe):
+            out, _ = C.block(cfg, p, h, positions, mask, spec=spec)
+        seen = probe.seen
+        x_pre = seen["hook_resid_pre"]
+        return out, (seen["attn.hook_z"], seen.get("hook_mlp_out"), x_pre, seen.get("hook_resid_mid", x_pre))
+
+    xs = (model.blocks, C.layer_specs(cfg), jnp.arange(cfg.n_layers), per_layer, fixed)
+    resid, (z, mlp_out, x_pre, x_mid) = jax.lax.scan(layer, x0, xs)
+    if "final" in deltas:
+        resid = resid + deltas["final"]
+    return unembed(model, resid), NodeActs(x0, z, mlp_out if cfg.has_mlp else None), x_pre, x_mid
+
+
+def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) -> Float[Array, "V B P d"]:
+    """``d metric / d in_v`` from the gradients after each projection: back through the
+    projection (``W^T``), then through the layer norm at the residual it read."""
+    cfg = model.cfg
+
+    def back(g, W):  # g [B, P, n, e], W [n, d, e] -> [n, B, P, d]; node-major is faster on XLA's CPU
+        return jnp.einsum("nbpe,nde->nbpd", jnp.moveaxis(g, 2, 0), W)
+
+    def layer(p, g, x_pre, x_mid):
+        a = p.attn
+        aq, ak, av = back(g["attn.hook_q"], a.W_Q), back(g["attn.hook_k"], a.W_K), back(g["attn.hook_v"], a.W_V)
+        _, ln1 = jax.vjp(lambda x: C.normalize(cfg, p.ln1, x, "ln1"), x_pre)
+        attn_in = jnp.concatenate([aq, ak, av]) if graph.qkv else aq + ak + av
+        out = [jax.vmap(lambda c: ln1(c)[0])(attn_in)]
+        if cfg.has_mlp:
+            m = p.mlp
+            up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
+            a_m = jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre"], up)
+            if m.W_gate is not None:
+                a_m = a_m + jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre_linear"], m.W_in)
+            _, ln2 = jax.vjp(lambda x: C.normalize(cfg, p.ln2, x, "ln2"), x_mid)
+            out.append(ln2(a_m)[0][None])
+        return jnp.concatenate(out)
+
+    per_layer = {k: v for k, v in grads.items() if k != "final"}
+    g_layers = jax.vmap(layer)(model.blocks, per_layer, resid_pre, resid_mid)  # [L, N, B, P, d]
+    return jnp.concatenate([g_layers.reshape((-1,) + g_layers.shape[2:]), grads["final"][None]])
+
+
+def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], metric, *,
+                   input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
+                   copies: int = 1) -> tuple[Array, NodeActs, Float[Array, "V B P d"]]:
+    """``(metric, node outputs, d metric / d in_v [V, B, P, d])`` from one plain forward
+    and backward pass (:func:`probe_forward`).
+
+    Equal to differentiating :func:`~jaxinterp.circuits._graph_forward.graph_forward` with
+    respect to its ``deltas``, without giving each node its own copy of the residual
+    stream: the gradients are taken after the q/k/v (and MLP input) projections, where
+    every head already has its own values, and carried back through ``W^T`` and the layer
+    norm afterwards.
+
+    ``copies = K`` runs ``K`` copies of the batch stacked along it (each with its own
+    ``input_embed`` rows or ``interp`` group and alpha): the metric and the gradients are
+    the means over the copies, from one pass with ``K`` times the batch (on a CPU far
+    cheaper than ``K`` vmapped passes).
+    """
+    from jaxinterp.interp.metrics import batch_mean
+
+    B = tokens.shape[0]
+    folded = jnp.tile(tokens, (copies, 1)) if copies > 1 else tokens
+
+    def run(deltas):
+        logits, acts, x_pre, x_mid = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
+                                                   interp=interp)
+        per_copy = jax.vmap(lambda lg: batch_mean(metric, lg))(logits.reshape((copies, B) + logits.shape[1:]))
+        return per_copy.mean(), (acts, x_pre, x_mid)
+
+    zeros = zero_deltas(model.cfg, folded, model.W_E.dtype)
+    (value, (acts, x_pre, x_mid)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
+    g = _node_input_grads(model, graph, grads, x_pre, x_mid)  # [V, K*B, P, d], each copy's / K
+    return value, acts, g.reshape((g.shape[0], copies, B) + g.shape[2:]).sum(1)
