@@ -52,7 +52,8 @@ class NodeActs(eqx.Module):
     def expand(self, model: HookedTransformer) -> Float[Array, "U B P d"]:
         """The outputs ``[U, B, P, d]`` in the graph's source order (input, then per layer
         its heads and its MLP)."""
-        heads = jnp.einsum("lbphe,lhed->lhbpd", self.z, model.blocks.attn.W_O.astype(self.z.dtype))
+        heads = jax.vmap(C.head_results)(self.z, model.blocks.attn.W_O.astype(self.z.dtype))
+        heads = jnp.moveaxis(heads, 3, 1)  # [layer, head, batch, pos, d_model]
         per_layer = heads if self.mlp is None else jnp.concatenate([heads, self.mlp[:, None]], 1)
         return jnp.concatenate([self.embed[None], per_layer.reshape((-1,) + self.embed.shape)])
 
