@@ -7,8 +7,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Compiling is most of a test's time on CPU: with a warm compile cache tests/models runs in a
 # fifth of its CPU time. LLVM's backend optimisation level 0 compiles about 40% faster and
-# leaves XLA's program (HLO, fusions) as it is; the tiny test shapes never miss the faster
-# code. Set before any backend starts; subprocesses (CLI, notebooks) inherit it.
+# leaves XLA's program (HLO, fusions) as it is, though it rounds slightly differently (no
+# fused multiply-adds); the tiny test shapes never miss the faster code. Set before any backend starts; subprocesses (CLI, notebooks) inherit it.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join([
         os.environ.get("XLA_FLAGS", ""),
