@@ -8,7 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Compiling is most of a test's time on CPU: with a warm compile cache tests/models runs in a
 # fifth of its CPU time. LLVM's backend optimisation level 0 compiles about 40% faster and
 # leaves XLA's program (HLO, fusions) as it is, though it rounds slightly differently (no
-# fused multiply-adds); the tiny test shapes never miss the faster code. Set before any backend starts; subprocesses (CLI, notebooks) inherit it.
+# fused multiply-adds); the tiny test shapes never miss the faster code. Set before any
+# backend starts; subprocesses (the CLI tests) inherit it, notebook kernels do not
+# (tests/test_notebooks.py).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join([
         os.environ.get("XLA_FLAGS", ""),
