@@ -12,11 +12,17 @@ first call of each, which compiles, is reported apart):
   weights, not tokens, and are timed once on their own as ``weights_seconds``).
 
 ``ratio = analysis / forward`` per round (target <= 1.5). Memory: the process's peak
-resident set after each token count (``--tokens`` and a quarter of it): the pass keeps a
-state of fixed size, so it must not grow with the number of tokens.
+resident set after the first calls (on ``--first-tokens``, default a quarter of ``--tokens``)
+and after the full rounds: the pass keeps a state of fixed size, so it must not grow with
+the number of tokens.
 
 Run:  python experiments/benchmarks/bench_features.py --tokens 1048576 --d-sae 16384
 The last line printed is a JSON object with every number.
+
+``--first-call``: instead, the compile cost at the main job's fast sizes (``jaxinterp demo
+--fast``: d_mlp 64, SAEs of 64 and 256 latents, 128 sequences of 32 tokens, chunks of 32):
+the first :func:`analyze_features` call (compiles) and the steady state (median of later
+calls), with the program used for small chunks (``-O0``) and with the default one.
 """
 
 from __future__ import annotations
@@ -40,6 +46,32 @@ from jaxinterp.sae import SAEConfig, init_sae
 SITE = "blocks.0.mlp.hook_post"
 
 
+def first_call(widths: list[int], repeats: int) -> None:
+    """First call (compile) and steady state of the analysis at the fast main job's sizes."""
+    from jaxinterp.features import analysis as A
+
+    cfg = ji.gpt2_config(d_model=32, n_layers=1, n_heads=2, d_mlp=64, d_vocab=512, n_ctx=32)
+    model = ji.init_transformer(cfg, jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (128, 32), dtype=np.int32)
+    out: dict = {}
+    for program, limit in (("O0 (small chunks)", A.SMALL_CHUNK_WORK), ("default", 0)):
+        A.SMALL_CHUNK_WORK = limit
+        for d_sae in widths:
+            sae = init_sae(SAEConfig(d_in=64, d_sae=d_sae, architecture="topk", k=8, hook_name=SITE),
+                           jax.random.key(1))
+            times = []
+            for _ in range(repeats + 1):
+                t = time.perf_counter()
+                analyze_features(model, sae, tokens, batch_size=32, settings=AnalysisSettings(k=8),
+                                 logits=False, neighbours=0)
+                times.append(time.perf_counter() - t)
+            out[f"{program}, d_sae={d_sae}"] = {"first_s": round(times[0], 2),
+                                                "steady_s": round(statistics.median(times[1:]), 3)}
+            print(f"{program:18s} d_sae={d_sae:4d}: first call {times[0]:6.2f} s, "
+                  f"steady {statistics.median(times[1:]):.3f} s", flush=True)
+    print(json.dumps(out))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=1 << 20)
@@ -48,7 +80,13 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=64, help="sequences per chunk")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--first-tokens", type=int, default=0,
+                   help="tokens of the first (compiling) calls, after which memory is read (0: a quarter)")
+    p.add_argument("--first-call", action="store_true", help="measure compile cost at the fast demo sizes instead")
     a = p.parse_args()
+    if a.first_call:
+        first_call([64, 256], a.repeats)
+        return
 
     cfg = ji.gpt2_config(d_model=128, n_layers=1, n_heads=4, d_mlp=512, d_vocab=4096, n_ctx=a.seq_len)
     model = ji.init_transformer(cfg, jax.random.key(0))
@@ -77,16 +115,21 @@ def main() -> None:
         fn(toks)
         return time.perf_counter() - t
 
-    small = tokens[: max(n_seq // 4, a.batch)]
+    first = a.first_tokens // a.seq_len if a.first_tokens else n_seq // 4
+    small = tokens[: max(first, a.batch)]
     out: dict = {"tokens": int(n_seq * a.seq_len), "d_sae": a.d_sae, "k": a.k, "d_in": 512,
                  "chunk_tokens": a.batch * a.seq_len, "devices": str(jax.devices()[0])}
     out["forward_first"] = timed(run_forward, small)
     out["analysis_first"] = timed(run_analysis, small)
-    out["rss_mb_after_quarter"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["first_tokens"] = len(small) * a.seq_len
+    out["rss_mb_after_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("progress", json.dumps(out), flush=True)   # partial numbers of a long run
     fwd, ana = [], []
     for _ in range(a.repeats):
         fwd.append(timed(run_forward, tokens))
+        print("progress forward_seconds", fwd[-1], flush=True)
         ana.append(timed(run_analysis, tokens))
+        print("progress analysis_seconds", ana[-1], flush=True)
     out["rss_mb_after_full"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     logit_effects(model, sae)
@@ -100,7 +143,7 @@ def main() -> None:
     out["analysis_tokens_per_s"] = out["tokens"] / statistics.median(ana)
     print(f"forward {out['forward_tokens_per_s']:,.0f} tok/s, analysis {out['analysis_tokens_per_s']:,.0f} tok/s, "
           f"ratio {out['ratio_median']:.2f} (rounds {[round(r, 2) for r in out['ratios']]}); peak RSS "
-          f"{out['rss_mb_after_quarter']:.0f} MB after {len(small) * a.seq_len:,} tokens, "
+          f"{out['rss_mb_after_first']:.0f} MB after {out['first_tokens']:,} tokens, "
           f"{out['rss_mb_after_full']:.0f} MB after {out['tokens']:,}")
     print(json.dumps(out))
 
