@@ -16,6 +16,14 @@ The histogram and co-occurrence read each token's ``max_active`` strongest featu
 d_sae``; they are exact when no token has more active features (reported as
 ``tokens_truncated``). Memory is the chunk plus a state of fixed size (``d_sae x`` slots,
 bins and, with co-occurrence, ``d_sae**2`` counts), whatever the number of tokens.
+Compile time: the chunk step is one XLA program of ~135 kernels (the model up to the site,
+encode, and the bookkeeping above), and on a CPU its cost is LLVM's, kernel by kernel. The
+bookkeeping therefore avoids kernel-hungry forms: both context groups share one
+window-building loop, slots are assigned by running counts (small matrix products)
+instead of scatters, the interval rounds run in one ``lax.scan``. Small chunks (chunk
+tokens x ``d_sae`` <= ``SMALL_CHUNK_WORK``: tests, the fast main job) use a copy compiled
+at ``-O0``, which halves the first call there and runs in milliseconds anyway; large ones
+keep the optimised program (``experiments/benchmarks/RESULTS_features.md``).
 Weight-only statistics (logit effects, decoder neighbours) come from
 :mod:`~jaxinterp.features.logit_effects` and :mod:`~jaxinterp.features.neighbours`;
 :func:`analyze_features` adds them when the model has an unembedding.

@@ -23,9 +23,10 @@ reader sees where it fires and how strongly, and nothing has to be recomputed la
 Slots are an unordered set per feature (sorted on the host at the end): a kept context
 never moves, a new one takes a freed slot. Only *new* contexts need their windows, and
 after the first chunks few contexts are new, so windows are built for a compacted list
-of new (feature, slot) pairs, ``max_new`` at a time (a ``while_loop`` inside the one
-compiled program). Windows come from the sparse activations (each token's strongest
-features), so no ``[batch, pos, d_sae]`` array is ever gathered from.
+of new (feature, slot) pairs, ``max_new`` at a time (one ``while_loop`` inside the one
+compiled program, shared by the top-k and the interval samples: :func:`build_windows`).
+Windows come from the sparse activations (each token's strongest features), so no
+``[batch, pos, d_sae]`` array is ever gathered from.
 """
 
 from __future__ import annotations
