@@ -16,6 +16,14 @@ The histogram and co-occurrence read each token's ``max_active`` strongest featu
 d_sae``; they are exact when no token has more active features (reported as
 ``tokens_truncated``). Memory is the chunk plus a state of fixed size (``d_sae x`` slots,
 bins and, with co-occurrence, ``d_sae**2`` counts), whatever the number of tokens.
+Compile time: the chunk step is one XLA program of ~135 kernels (the model up to the site,
+encode, and the bookkeeping above), and on a CPU its cost is LLVM's, kernel by kernel. The
+bookkeeping therefore avoids kernel-hungry forms: both context groups share one
+window-building loop, slots are assigned by running counts (small matrix products)
+instead of scatters, the interval rounds run in one ``lax.scan``. Small chunks (chunk
+tokens x ``d_sae`` <= ``SMALL_CHUNK_WORK``: tests, the fast main job) use a copy compiled
+at ``-O0``, which halves the first call there and runs in milliseconds anyway; large ones
+keep the optimised program (``experiments/benchmarks/RESULTS_features.md``).
 Weight-only statistics (logit effects, decoder neighbours) come from
 :mod:`~jaxinterp.features.logit_effects` and :mod:`~jaxinterp.features.neighbours`;
 :func:`analyze_features` adds them when the model has an unembedding.
@@ -24,6 +32,7 @@ Weight-only statistics (logit effects, decoder neighbours) come from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -98,6 +107,7 @@ class AnalysisState(eqx.Module):
     cooc: CO.Cooccurrence | None
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))  # one small program, not a dozen eager ones
 def init_state(d_sae: int, s: AnalysisSettings, ctx: int) -> AnalysisState:
     return AnalysisState(
         jnp.zeros(d_sae, jnp.int32), jnp.zeros(d_sae, jnp.float32), jnp.zeros((), jnp.int32),
@@ -130,8 +140,9 @@ def step(state: AnalysisState, model: Any, sae: Any, tokens: jax.Array, seq: jax
     val = jnp.where(valid[:, None], val, 0.0)
     n_active = jnp.where(valid, n_active, 0)
     truncated = (n_active > val.shape[1]).sum().astype(jnp.int32)
-    fires = jnp.zeros(d_sae, jnp.int32).at[idx].add((val > 0).astype(jnp.int32))
-    act_sum = jnp.zeros(d_sae, jnp.float32).at[idx].add(val)
+    # one scatter for both sums (a chunk's counts are far below 2**24, exact in float32)
+    sums = jnp.zeros((d_sae, 2), jnp.float32).at[idx].add(jnp.stack([(val > 0).astype(jnp.float32), val], -1))
+    fires, act_sum = sums[:, 0].astype(jnp.int32), sums[:, 1]
     if dense is not None:  # exact density and sums when some token has more than max_active active
         def exact(_):
             a = jnp.where(valid[:, None], dense, 0.0)
@@ -142,13 +153,20 @@ def step(state: AnalysisState, model: Any, sae: Any, tokens: jax.Array, seq: jax
     hist = H.add_values(H.grow_range(state.hist, chunk.v.max(0)), idx, val)
     max_new = s.max_new or max(d_sae, 1024)
     cooc = state.cooc if state.cooc is None else CO.add_tokens(state.cooc, idx, val > 0)
+    top, intervals = C.build_windows(chunk, [
+        C.update_top(state.top, chunk),
+        C.update_intervals(state.intervals, chunk, hist.exponent, s.n_intervals, s.seed, s.before)], max_new)
     return AnalysisState(
         state.fires + fires, state.act_sum + act_sum, state.n_tokens + valid.sum().astype(jnp.int32),
-        state.truncated + truncated, hist, C.update_top(state.top, chunk, max_new),
-        C.update_intervals(state.intervals, chunk, hist.exponent, s.n_intervals, s.seed, max_new, s.before), cooc)
+        state.truncated + truncated, hist, top, intervals, cooc)
 
 
 _step = jax.jit(step, static_argnames=("s", "ctx"), donate_argnums=0)
+# Small chunks: compile time dominates (LLVM -O2 over ~130 kernels takes seconds, a chunk runs
+# in milliseconds), so the program is built at -O0 (same HLO, same results, 2-3x less compile).
+SMALL_CHUNK_WORK = 1 << 22   # chunk tokens x d_sae up to which the -O0 program is used
+_step_small = jax.jit(step, static_argnames=("s", "ctx"), donate_argnums=0,
+                      compiler_options={"xla_backend_optimization_level": 0})
 
 
 def check_site(model: Any, sae: Any, seq_len: int) -> None:
@@ -226,7 +244,8 @@ def analyze_features(model: Any, sae: Any, tokens: Any, *, batch_size: int = 32,
             check_site(model, sae, seq_len)
             ctx = min(settings.ctx, seq_len)
             state = init_state(d_sae, settings, ctx)
-        state = _step(state, model, sae, jnp.asarray(toks), jnp.asarray(ids), s=settings, ctx=ctx)
+            run_step = _step_small if toks.size * d_sae <= SMALL_CHUNK_WORK else _step
+        state = run_step(state, model, sae, jnp.asarray(toks), jnp.asarray(ids), s=settings, ctx=ctx)
         n_seq += int((ids >= 0).sum())
         bar.update(int((ids >= 0).sum()))
     bar.close()

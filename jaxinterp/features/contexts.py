@@ -23,9 +23,10 @@ reader sees where it fires and how strongly, and nothing has to be recomputed la
 Slots are an unordered set per feature (sorted on the host at the end): a kept context
 never moves, a new one takes a freed slot. Only *new* contexts need their windows, and
 after the first chunks few contexts are new, so windows are built for a compacted list
-of new (feature, slot) pairs, ``max_new`` at a time (a ``while_loop`` inside the one
-compiled program). Windows come from the sparse activations (each token's strongest
-features), so no ``[batch, pos, d_sae]`` array is ever gathered from.
+of new (feature, slot) pairs, ``max_new`` at a time (one ``while_loop`` inside the one
+compiled program, shared by the top-k and the interval samples: :func:`build_windows`).
+Windows come from the sparse activations (each token's strongest features), so no
+``[batch, pos, d_sae]`` array is ever gathered from.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from jaxinterp.features.histogram import interval_index
 
@@ -51,7 +52,8 @@ class Windows(eqx.Module):
 
 def init_windows(d_sae: int, slots: int, ctx: int) -> Windows:
     shape = (d_sae, slots)
-    return Windows(jnp.full(shape, -jnp.inf), jnp.full(shape, -jnp.inf), jnp.full(shape, -1, jnp.int32),
+    return Windows(jnp.full(shape, -jnp.inf, jnp.float32), jnp.full(shape, -jnp.inf, jnp.float32),
+                   jnp.full(shape, -1, jnp.int32),
                    jnp.zeros(shape, jnp.int32), jnp.zeros((*shape, ctx), jnp.float32),
                    jnp.zeros((*shape, ctx), jnp.int32))
 
@@ -107,27 +109,60 @@ def priorities(token: Int[Array, "..."], feature: Int[Array, "..."], seed: int) 
     return (x >> 8).astype(jnp.float32) / jnp.float32(2**24)
 
 
-def _fill(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values_new: Array,
-          priority_new: Array, row_new: Array, start_new: Array, max_new: int) -> Windows:
+class Pending(eqx.Module):
+    """New contexts of one chunk whose windows are still to be built: per (feature,
+    candidate), whether it was taken, the slot it took, its chunk row and window start."""
+
+    take: Bool[Array, "s c"]
+    slot: Int[Array, "s c"]
+    row: Int[Array, "s c"]
+    start: Int[Array, "s c"]
+
+
+def _running_count(mask: Bool[Array, "s n"]) -> Int[Array, "s n"]:
+    """``cumsum(mask, 1)`` as a product with a triangular matrix (exact for 0/1 entries; one
+    matrix product compiles to far less than a scan)."""
+    n = mask.shape[1]
+    tri = (jnp.arange(n)[:, None] <= jnp.arange(n)[None, :]).astype(jnp.float32)
+    return jnp.dot(mask.astype(jnp.float32), tri, precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
+
+
+def _assign(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values_new: Array,
+            priority_new: Array, row_new: Array, start_new: Array) -> tuple[Windows, Pending]:
     """Kept old slots stay; the ``r``-th new context of a feature takes its ``r``-th free
-    slot. New candidates are ``[s, c]``: value, priority, chunk row and window start."""
-    s, slots = keep_old.shape
-    ctx = state.acts.shape[-1]
-    free_rank = jnp.where(~keep_old, jnp.cumsum(~keep_old, 1) - 1, slots)     # [s, slots]
-    slot_of_rank = jnp.full((s, slots + 1), 0, jnp.int32).at[
-        jnp.arange(s)[:, None], free_rank].set(jnp.arange(slots, dtype=jnp.int32)[None, :])
-    new_rank = jnp.cumsum(take_new, 1) - 1                                   # [s, b]
-    slot = jnp.where(take_new, jnp.take_along_axis(slot_of_rank, jnp.minimum(new_rank, slots), 1), slots)
-    feature = jnp.broadcast_to(jnp.arange(s)[:, None], slot.shape)
+    slot. New candidates are ``[s, c]``: value, priority, chunk row and window start. The
+    windows (``acts``, ``tokens``) of the new contexts are left to :func:`build_windows`."""
+    slots, c = keep_old.shape[1], take_new.shape[1]
+    cum_free = _running_count(~keep_old)                                    # [s, slots]
+    cum_take = _running_count(take_new)                                     # [s, c]
+    # candidate of rank r = cum_take - 1 -> the free slot of rank r; free slot of rank q -> candidate of rank q
+    slot = jnp.where(take_new, (cum_free[:, None, :] <= (cum_take - 1)[:, :, None]).sum(-1), slots)
+    src = (cum_take[:, None, :] <= (cum_free - 1)[:, :, None]).sum(-1)      # [s, slots]; c: none
+    filled = ~keep_old & (src < c)
+    src = jnp.minimum(src, c - 1)
 
     def put(old: Array, new: Array, empty: Array) -> Array:
-        cleared = jnp.where(keep_old, old, empty)
-        return jnp.concatenate([cleared, jnp.zeros_like(cleared[:, :1])], 1).at[feature, slot].set(new)[:, :slots]
+        return jnp.where(keep_old, old, jnp.where(filled, jnp.take_along_axis(new, src, 1), empty))
 
     out = Windows(put(state.values, values_new, -jnp.inf), put(state.priority, priority_new, -jnp.inf),
                   put(state.seq, chunk.seq[row_new], -1), put(state.start, start_new, 0), state.acts, state.tokens)
-    # Windows of the new contexts, max_new (feature, row) pairs per round.
-    flat = take_new.reshape(-1)
+    return out, Pending(take_new, slot, row_new, start_new)
+
+
+def build_windows(chunk: Chunk, groups: list[tuple[Windows, Pending]], max_new: int) -> list[Windows]:
+    """Writes the windows of every group's new contexts, ``max_new`` (feature, candidate)
+    pairs per round of one ``while_loop`` shared by all groups (their slots side by side)."""
+    ctx = groups[0][0].acts.shape[-1]
+    sizes = [w.values.shape[1] for w, _ in groups]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    acts = jnp.concatenate([w.acts for w, _ in groups], 1)                 # [s, all slots, ctx]
+    tokens = jnp.concatenate([w.tokens for w, _ in groups], 1)
+    take = jnp.concatenate([p.take for _, p in groups], 1)                 # [s, all candidates]
+    slot = jnp.concatenate([p.slot + off for (_, p), off in zip(groups, offsets, strict=True)], 1)
+    row = jnp.concatenate([p.row for _, p in groups], 1)
+    start = jnp.concatenate([p.start for _, p in groups], 1)
+    n_slots, n_cand = acts.shape[1], take.shape[1]
+    flat = take.reshape(-1)
     total = flat.sum()
     rank = jnp.cumsum(flat) - 1
 
@@ -139,35 +174,37 @@ def _fill(state: Windows, chunk: Chunk, keep_old: Array, take_new: Array, values
         which = which[:max_new]
         valid = which >= 0
         which = jnp.maximum(which, 0)
-        f, c = which // take_new.shape[1], which % take_new.shape[1]
-        w_acts, w_tokens = chunk.window(f, row_new[f, c], start_new[f, c], ctx)
-        target = jnp.where(valid, slot[f, c], slots)                          # invalid: dropped
+        f, c = which // n_cand, which % n_cand
+        w_acts, w_tokens = chunk.window(f, row[f, c], start[f, c], ctx)
+        target = jnp.where(valid, slot[f, c], n_slots)                     # invalid: dropped
         acts = acts.at[f, target].set(w_acts, mode="drop")
         tokens = tokens.at[f, target].set(w_tokens, mode="drop")
         return i + 1, acts, tokens
 
-    _, acts, tokens = jax.lax.while_loop(lambda c: c[0] * max_new < total, round_, (jnp.zeros((), jnp.int32), out.acts, out.tokens))
-    return Windows(out.values, out.priority, out.seq, out.start, acts, tokens)
+    _, acts, tokens = jax.lax.while_loop(lambda c: c[0] * max_new < total, round_,
+                                         (jnp.zeros((), jnp.int32), acts, tokens))
+    return [Windows(w.values, w.priority, w.seq, w.start, acts[:, off:off + n], tokens[:, off:off + n])
+            for (w, _), off, n in zip(groups, offsets, sizes, strict=True)]
 
 
-def update_top(state: Windows, chunk: Chunk, max_new: int) -> Windows:
-    """Merges a chunk into each feature's top-``k`` contexts (by max activation)."""
+def update_top(state: Windows, chunk: Chunk) -> tuple[Windows, Pending]:
+    """Merges a chunk into each feature's top-``k`` contexts (by max activation); the new
+    contexts' windows are built by :func:`build_windows`."""
     k = state.values.shape[1]
     fresh = jnp.where(chunk.v.T > 0, chunk.v.T, -jnp.inf)                    # only contexts where it fires
     candidates = jnp.concatenate([state.values, fresh], axis=1)               # [s, k + b]
     values, where = jax.lax.top_k(candidates, k)
-    chosen = jnp.zeros(candidates.shape, bool).at[jnp.arange(candidates.shape[0])[:, None], where].set(
-        jnp.isfinite(values))
+    chosen = (where[:, :, None] == jnp.arange(candidates.shape[1])[None, None, :]) & jnp.isfinite(values)[:, :, None]
+    chosen = chosen.any(1)                                                    # [s, k + b]
     rows = jnp.broadcast_to(jnp.arange(fresh.shape[1], dtype=jnp.int32)[None, :], fresh.shape)
-    return _fill(state, chunk, chosen[:, :k], chosen[:, k:], chunk.v.T, jnp.zeros_like(fresh), rows, chunk.start.T,
-                 max_new)
+    return _assign(state, chunk, chosen[:, :k], chosen[:, k:], chunk.v.T, jnp.zeros_like(fresh), rows, chunk.start.T)
 
 
 def interval_candidates(chunk: Chunk, exponent: Int[Array, " s"], n_intervals: int, per: int, seed: int,
                         ctx: int, before: int) -> tuple[Array, Array, Array, Array]:
     """Each (feature, interval)'s ``per`` highest-priority active tokens of the chunk, as
-    ``[s, n_intervals * per]`` value, priority, chunk row and window start (``per`` rounds
-    of scatter-max over the sparse activations)."""
+    ``[s, n_intervals * per]`` value, priority, chunk row and window start (``per`` rounds,
+    one ``lax.scan``, of scatter-max over the sparse activations)."""
     b, p = chunk.tokens.shape
     s = chunk.v.shape[1]
     n = jnp.arange(b * p)
@@ -175,28 +212,29 @@ def interval_candidates(chunk: Chunk, exponent: Int[Array, " s"], n_intervals: i
     prio = jnp.where(chunk.val > 0, priorities(token, chunk.idx, seed), -jnp.inf)
     interval = interval_index(chunk.val, exponent[chunk.idx], n_intervals)
     local = jnp.broadcast_to(n[:, None], chunk.idx.shape)
-    values, prios, where = [], [], []
-    for _ in range(per):
-        best = jnp.full((s, n_intervals), -jnp.inf).at[chunk.idx, interval].max(prio)
+
+    def round_(prio, _):
+        best = jnp.full((s, n_intervals), -jnp.inf, jnp.float32).at[chunk.idx, interval].max(prio)
         win = jnp.isfinite(prio) & (prio == best[chunk.idx, interval])
         at = jnp.full((s, n_intervals), -1, jnp.int32).at[chunk.idx, interval].max(jnp.where(win, local, -1))
-        value = jnp.zeros((s, n_intervals)).at[chunk.idx, interval].max(jnp.where(win, chunk.val, 0.0))
-        values.append(jnp.where(at >= 0, value, -jnp.inf))
-        prios.append(best)
-        where.append(at)
-        prio = jnp.where(win, -jnp.inf, prio)
-    stack = lambda xs: jnp.stack(xs, -1).reshape(s, n_intervals * per)  # noqa: E731
-    value, prio_new, at = stack(values), stack(prios), stack(where)
-    row = jnp.maximum(at, 0) // p
-    start = jnp.clip(jnp.maximum(at, 0) % p - before, 0, p - ctx)
+        return jnp.where(win, -jnp.inf, prio), (best, at)
+
+    _, (prio_new, at) = jax.lax.scan(round_, prio, None, length=per)      # [per, s, n_intervals]
+    prio_new, at = (jnp.moveaxis(x, 0, -1).reshape(s, n_intervals * per) for x in (prio_new, at))
+    t = jnp.maximum(at, 0)                                                  # the chosen token's activation
+    hit = chunk.idx[t] == jnp.arange(s)[:, None, None]                      # [s, C, L]
+    value = jnp.where(at >= 0, jnp.where(hit, chunk.val[t], 0.0).sum(-1), -jnp.inf)
+    row = t // p
+    start = jnp.clip(t % p - before, 0, p - ctx)
     return value, prio_new, row, start
 
 
 def update_intervals(state: Windows, chunk: Chunk, exponent: Int[Array, " s"], n_intervals: int, seed: int,
-                     max_new: int, before: int) -> Windows:
+                     before: int) -> tuple[Windows, Pending]:
     """Merges a chunk into each feature's per-interval random token samples (``n_intervals x
     per_interval`` unordered slots); ``exponent`` is the (already grown) histogram range
-    ``2**exponent`` of each feature, which decides every sample's interval."""
+    ``2**exponent`` of each feature, which decides every sample's interval. The new
+    samples' windows are built by :func:`build_windows`."""
     s, slots = state.values.shape
     per = slots // n_intervals
     ctx = state.acts.shape[-1]
@@ -206,6 +244,7 @@ def update_intervals(state: Windows, chunk: Chunk, exponent: Int[Array, " s"], n
     interval = interval_index(jnp.maximum(values, 0.0), exponent[:, None], n_intervals)
     mine = interval[:, None, :] == jnp.arange(n_intervals)[None, :, None]            # [s, B, C]
     top_prio, where = jax.lax.top_k(jnp.where(mine, prio[:, None, :], -jnp.inf), per)   # [s, B, per]
-    # an interval with fewer members returns -inf picks that may repeat another interval's: max, not set
-    chosen = jnp.zeros(values.shape, bool).at[jnp.arange(s)[:, None, None], where].max(jnp.isfinite(top_prio))
-    return _fill(state, chunk, chosen[:, :slots], chosen[:, slots:], new_val, new_prio, row, start, max_new)
+    # an interval with fewer members returns -inf picks that may repeat another interval's: any, not set
+    picked = (where[..., None] == jnp.arange(values.shape[1])) & jnp.isfinite(top_prio)[..., None]
+    chosen = picked.any((1, 2))                                                       # [s, C]
+    return _assign(state, chunk, chosen[:, :slots], chosen[:, slots:], new_val, new_prio, row, start)

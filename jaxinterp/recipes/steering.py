@@ -116,7 +116,7 @@ def steer_and_compare(model: Any, sae: Any, analysis: Any, prompts: tuple[str, .
             "steered": steered.to_dict(), "random_direction_control": control.to_dict()}
 
 
-def _main_job(c: SteeringConfig) -> tuple[Any, Any, Any, Any]:
+def _main_job(c: SteeringConfig) -> tuple[Any, Any, Any, Any, Path]:
     from jaxinterp.data import load_tokenizer
     from jaxinterp.recipes.monosemanticity import (
         MonosemanticityConfig,
@@ -140,7 +140,20 @@ def _main_job(c: SteeringConfig) -> tuple[Any, Any, Any, Any]:
 
         raise ConfigError(f"No SAE {width!r} in {run}; it has {', '.join(job['saes'])}.")
     tokenizer = load_tokenizer(run / "lm" / "model")
-    return job["model"].with_tokenizer(tokenizer), job["saes"][width], job["eval_tokens"], tokenizer
+    return job["model"].with_tokenizer(tokenizer), job["saes"][width], job["eval_tokens"], tokenizer, run / "browser" / width
+
+
+def _analysis(model: Any, sae: Any, windows: Any, saved: Path) -> Any:
+    """The main job's saved feature analysis of this SAE (its browser data, over the same
+    evaluation windows) when there is one, else a fresh one."""
+    from jaxinterp.features.analysis import AnalysisSettings, analyze_features
+    from jaxinterp.features.result import load_analysis
+
+    if (saved / "analysis.npz").is_file():
+        analysis = load_analysis(saved)
+        if (analysis.d_sae, analysis.site, analysis.n_sequences) == (sae.cfg.d_sae, sae.cfg.hook_name, len(windows)):
+            return analysis
+    return analyze_features(model, sae, windows, settings=AnalysisSettings(cooccurrence=False), neighbours=0)
 
 
 def _smollm2_sae(c: SteeringConfig, out: Path) -> tuple[Any, Any, np.ndarray]:
@@ -213,12 +226,12 @@ def run_steering(config: SteeringConfig) -> dict:
     c = config.sized()
 
     start = time.perf_counter()
-    model, sae, windows, tokenizer = _main_job(c)       # errors before anything is written
+    model, sae, windows, tokenizer, saved = _main_job(c)       # errors before anything is written
     out = c.run_dir
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", dataclasses.asdict(c))
     results: dict[str, dict] = {}
-    analysis = analyze_features(model, sae, windows, settings=AnalysisSettings(cooccurrence=False), neighbours=0)
+    analysis = _analysis(model, sae, windows, saved)
     results["main job LM"] = steer_and_compare(model, sae, analysis, MAIN_PROMPTS, c, c.feature,
                                                 lambda t: tokenizer.decode([int(t)]))
     if c.smollm2 and not is_fast(c):

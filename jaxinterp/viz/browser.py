@@ -23,6 +23,7 @@ import base64
 import hashlib
 import html
 import json
+import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -50,11 +51,16 @@ def _asset(name: str) -> str:
 
 
 def _r(x: Any, digits: int = 4) -> Any:
-    """Rounded floats (plain Python) for compact JSON."""
-    if isinstance(x, (list, tuple, np.ndarray)):
+    """Rounded floats (plain Python) for compact JSON (arrays through ``tolist``: per-element
+    numpy scalars are slow with 16k features)."""
+    if isinstance(x, np.ndarray):
+        if x.ndim == 1:
+            return [round(v, digits) if math.isfinite(v) else 0.0 for v in x.tolist()]
+        x = x.tolist()
+    if isinstance(x, (list, tuple)):
         return [_r(v, digits) for v in x]
     x = float(x)
-    return round(x, digits) if np.isfinite(x) else 0.0
+    return round(x, digits) if math.isfinite(x) else 0.0
 
 
 def _contexts(group: Mapping[str, np.ndarray], index: tuple[int, ...], used: set[int]) -> list:
