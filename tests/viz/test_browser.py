@@ -88,6 +88,7 @@ def test_browser_in_chromium(site):
     errors, dialogs = [], []
     with browser_shots.headless_chromium() as browser:
         page, load_ms = browser_shots.open_page(browser, index)
+        page.set_default_timeout(120_000)  # Playwright's 30 s is too short on a loaded 2-core machine
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         assert page.locator("#rows tr").count() == min(analysis.d_sae, 100)
@@ -154,6 +155,7 @@ def test_index_load_time_with_16k_features(tmp_path):
     index = write_browser(analysis, tmp_path / "browser", lambda i: f"t{i}", chunk=256)
     with browser_shots.headless_chromium() as browser:
         page, load_ms = browser_shots.open_page(browser, index)
+        page.set_default_timeout(120_000)  # Playwright's 30 s is too short on a loaded 2-core machine
         assert page.locator("#rows tr").count() == 100
         page.select_option("#sort", "density")
         best = int(np.argmax(analysis.density))
