@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # leaves XLA's program (HLO, fusions) as it is, though it rounds slightly differently (no
 # fused multiply-adds); the tiny test shapes never miss the faster code. Set before any
 # backend starts; subprocesses (the CLI tests) inherit it, notebook kernels do not
-# (tests/test_notebooks.py).
+# (tests/colab/_runner.py).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join([
         os.environ.get("XLA_FLAGS", ""),
