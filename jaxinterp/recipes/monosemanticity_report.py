@@ -38,7 +38,11 @@ def _width_plot(per_width: list[dict], path: Path) -> Path:
     panels = (("l0", "L0 (active latents per token)"), ("fve", "fraction of variance explained"),
               ("ce_loss_recovered", "CE loss recovered"))
     for ax, (key, label) in zip(axes, panels, strict=True):
-        ax.plot(d, [m[key] for m in per_width], "o-")
+        values = [m[key] for m in per_width]
+        ax.plot(d, values, "o-")
+        if key == "l0":  # a count from zero (TopK's is k at every width: a flat line, not noise)
+            ax.set_ylim(0, 1.25 * max(max(values), 1.0))
+        ax.ticklabel_format(axis="y", useOffset=False)
         if key == "ce_loss_recovered":
             ax.plot(d, [m["ce_loss_recovered_mean"] for m in per_width], "s--", label="vs mean-ablation")
             ax.legend(fontsize=7, labels=["vs zero-ablation", "vs mean-ablation"])
