@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import O0_FLAGS  # tests/conftest.py: the flags the tests compile with
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-O0_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
 ALL = sorted((Path(__file__).parent.parent.parent / "colab").glob("*.ipynb"))
 # The notebooks that read the main job's run (runs/demo), in the order a user runs them.
 MAIN_JOB = [p for p in ALL if p.name[:2] in ("05", "08", "09", "10")]
