@@ -11,7 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # fused multiply-adds); the tiny test shapes never miss the faster code. Set before any
 # backend starts; subprocesses (the CLI tests) inherit it, notebook kernels do not
 # (tests/colab/_runner.py).
-O0_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+from o0_flags import O0_FLAGS  # noqa: E402
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *O0_FLAGS]).strip()
 

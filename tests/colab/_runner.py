@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import O0_FLAGS  # tests/conftest.py: the flags the tests compile with
+from o0_flags import O0_FLAGS  # tests/o0_flags.py: the flags the tests compile with
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
