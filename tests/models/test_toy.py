@@ -109,18 +109,86 @@ def test_closed_form_gradient_equals_autodiff(variant):
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7)
 
 
+def _threefry_reference(key, x0, x1, rounds):
+    """Threefry-2x32-R of one counter pair in plain Python ints (Random123's definition)."""
+    rot = ((13, 15, 26, 6), (17, 29, 16, 24))
+    mask = 2**32 - 1
+    ks = (key[0], key[1], key[0] ^ key[1] ^ 0x1BD11BDA)
+    x0, x1 = (x0 + ks[0]) & mask, (x1 + ks[1]) & mask
+    for j in range(rounds):
+        r = rot[(j // 4) % 2][j % 4]
+        x0 = (x0 + x1) & mask
+        x1 = (((x1 << r) | (x1 >> (32 - r))) & mask) ^ x0
+        if j % 4 == 3:
+            i = j // 4
+            x0 = (x0 + ks[(i + 1) % 3]) & mask
+            x1 = (x1 + ks[(i + 2) % 3] + i + 1) & mask
+    return x0
+
+
 def test_cipher_words_are_threefry_with_the_step_as_stream():
     from jax.extend.random import threefry_2x32
 
     key = jnp.asarray([7, 123456789], jnp.uint32)
-    words = jax.jit(toy.cipher_words, static_argnums=1)(key, (3, 5), jnp.int32(9))
+    words = jax.jit(toy.cipher_words, static_argnums=(1, 3))
     ref = threefry_2x32(key, jnp.concatenate([jnp.arange(15, dtype=jnp.uint32), jnp.full(15, 9, jnp.uint32)]))
-    np.testing.assert_array_equal(np.asarray(words).ravel(), np.asarray(ref[:15]))
+    np.testing.assert_array_equal(np.asarray(words(key, (3, 5), jnp.int32(9), 20)).ravel(), np.asarray(ref[:15]))
+    # The sampler's default: Threefry-2x32-13, against a plain-Python reference.
+    got = np.asarray(words(key, (3, 5), jnp.int32(9), toy.data.ROUNDS)).ravel()
+    assert toy.data.ROUNDS == 13
+    assert got.tolist() == [_threefry_reference((7, 123456789), i, 9, 13) for i in range(15)]
     src = toy.OnlineFeatures(jnp.float32(0.3), 4096, 6)
     draw = jax.jit(lambda k, t: src.sample_t(k, t)[0])
     a, b = (np.asarray(draw(key, jnp.int32(t))) for t in (0, 1))
     assert a.shape == (6, 4096) and abs((a != 0).mean() - 0.3) < 0.01
     assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02  # steps draw fresh batches
+
+
+@pytest.mark.parametrize("p", [0.5, 0.03])
+def test_trainer_sampler_passes_statistical_tests(p):
+    """The trainer's batches (Threefry-2x32-13, one word per entry) have the paper's
+    distribution: presence ~ Bernoulli(p), independently across features, examples, steps
+    and instances, and value | present ~ U[0, 1]. Every bound is about 5 standard errors
+    of a correct sampler (fixed keys, so the test is deterministic)."""
+    n_feat, batch, n_inst, steps = 16, 4096, 8, 4
+    src = toy.OnlineFeatures(jnp.float32(p), batch, n_feat)
+    keys = jax.random.bits(jax.random.key(5), (n_inst, 2), jnp.uint32)
+    draw = jax.jit(jax.vmap(lambda k, t: src.sample_t(k, t)[0], in_axes=(0, None)))
+    x = np.stack([np.asarray(draw(keys, jnp.int32(t))) for t in range(steps)])  # [t, i, f, b]
+    present = x != 0
+    n = present.size
+    z = (present.sum() - n * p) / np.sqrt(n * p * (1 - p))
+    assert abs(z) < 5, f"presence rate {present.mean():.5f} vs p={p} (z={z:.1f})"
+    per_feature = present.mean(axis=(0, 1, 3))  # each feature separately
+    assert np.all(np.abs(per_feature - p) < 5 * np.sqrt(p * (1 - p) / (n / n_feat)))
+    # Value given presence: Kolmogorov-Smirnov and chi-square (50 bins) against U[0, 1].
+    v = np.sort(x[present].astype(np.float64))
+    k = v.size
+    ks = max(np.max(np.arange(1, k + 1) / k - v), np.max(v - np.arange(k) / k))
+    assert np.sqrt(k) * ks < 1.95, f"KS statistic {np.sqrt(k) * ks:.2f} (1.95 is the 0.1% level)"
+    counts = np.histogram(v, bins=50, range=(0, 1))[0]
+    chi2 = np.sum((counts - k / 50) ** 2 / (k / 50))
+    assert chi2 < 49 + 5 * np.sqrt(2 * 49), f"chi-square {chi2:.0f} with 49 degrees of freedom"
+    # Independence: neighbouring features, examples (adjacent counters), steps, instances.
+    tol = 5 / np.sqrt(n / 2)
+    for a, b in ((present[:, :, :-1], present[:, :, 1:]), (present[..., :-1], present[..., 1:]),
+                 (present[:-1], present[1:]), (present[:, :-1], present[:, 1:])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < tol
+
+
+def test_cipher_words_pass_a_serial_test():
+    """Consecutive raw words (counters i, i+1) are jointly uniform: chi-square of their top
+    4 bits over 16 x 16 cells (255 degrees of freedom, bound about 5 standard deviations)."""
+    words = np.asarray(jax.jit(toy.cipher_words, static_argnums=1)(
+        jnp.asarray([3, 99], jnp.uint32), (2**20,), jnp.int32(1)))
+    for lag in (1, 2, 4096):
+        cells = (words[:-lag] >> 28) * 16 + (words[lag:] >> 28)
+        counts = np.bincount(cells.astype(np.int64), minlength=256)
+        expected = cells.size / 256
+        chi2 = np.sum((counts - expected) ** 2 / expected)
+        assert chi2 < 255 + 5 * np.sqrt(2 * 255), f"lag {lag}: chi-square {chi2:.0f}"
+    bits = np.unpackbits(words.view(np.uint8)).reshape(-1, 32).mean(0)  # each bit fair
+    assert np.all(np.abs(bits - 0.5) < 5 * 0.5 / np.sqrt(words.size))
 
 
 def _polygon(k, radius=1.0, phase=0.3):

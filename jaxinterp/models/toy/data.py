@@ -13,14 +13,26 @@ number generation is most of a toy training step on a CPU). Because ``u`` is bui
 the integer bits (``bits * 2^-32``, exact for small ``bits``), values stay finely resolved
 even at ``p = 1e-4``.
 
-The words come from the Threefry-2x32 block cipher (20 rounds, the generator behind
-``jax.random``) in counter mode, written out unrolled (:func:`cipher_words`): XLA:CPU
-fuses it into one loop, about 5x faster than ``jax.random.bits``, whose CPU lowering runs
-the rounds as a loop over whole arrays, and unlike the faster Philox keys of this JAX
-version it compiles in sharded programs (its ``mulhi`` cannot be partitioned). The
-counter is ``(entry, stream)``: :func:`sample_features` keys it with two words drawn from
-the caller's key (stream 0); the trainer draws each instance's two key words once and
-passes the step as the stream, so a step costs no key derivation at all.
+The words come from the Threefry-2x32 block cipher in counter mode, written out unrolled
+(:func:`cipher_words`): XLA:CPU fuses it into one loop, about 5x faster than
+``jax.random.bits``, whose CPU lowering runs the rounds as a loop over whole arrays, and
+unlike the faster Philox keys of this JAX version it compiles in sharded programs (its
+``mulhi`` cannot be partitioned). It runs :data:`ROUNDS` = 13 rounds, not the 20 of
+``jax.random``: 13 is the round count Salmon et al. (2011, "Parallel Random Numbers: As
+Easy as 1, 2, 3", Table 2) report as the smallest at which Threefry-2x32 passes all of
+TestU01's BigCrush (Crush-resistant); their 20 rounds add a safety margin against
+cryptanalysis, which a training-data sampler does not need. Random number generation is
+the largest single cost of a toy training step on a CPU, and 13 rounds cut it by a third
+(``experiments/benchmarks/RESULTS_toy.md``). The sampled distribution is tested
+statistically (``tests/models/test_toy.py``: presence rates, Kolmogorov-Smirnov and
+chi-square tests of the values, independence across features, examples, steps and
+instances, and a serial test of consecutive words); ``rounds=20`` reproduces
+``jax.extend.random.threefry_2x32`` bit for bit. Only the trainer's per-step batches use the 13 rounds; one-off draws
+(:func:`sample_features`: fixed training sets, evaluation) keep 20. The counter is
+``(entry, stream)``: :func:`sample_features` keys it with two words drawn from the
+caller's key (stream 0);
+the trainer draws each instance's two key words once and passes the step as the stream,
+so a step costs no key derivation at all.
 
 Hyper-parameters are checked on the host before anything is traced: probabilities must lie
 in [0, 1], importances must be finite, non-negative and one per feature.
@@ -79,30 +91,38 @@ def check_importance(importance: object, n_features: int, n_instances: int | Non
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
-def threefry2x32(key: tuple, x0: jax.Array, x1: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Threefry-2x32 (20 rounds) of the counter pair ``(x0, x1)`` under the two-word ``key``,
-    unrolled so that XLA fuses it; equal to ``jax.extend.random.threefry_2x32``."""
+ROUNDS = 13  # Threefry-2x32 rounds of the data sampler (see the module docstring)
+
+
+def threefry2x32(key: tuple, x0: jax.Array, x1: jax.Array, rounds: int = ROUNDS) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32-``rounds`` (Random123's definition: a key injection after every fourth
+    round) of the counter pair ``(x0, x1)`` under the two-word ``key``, unrolled so that XLA
+    fuses it. ``rounds=20`` is ``jax.extend.random.threefry_2x32``."""
     k0, k1 = key
     ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
     x0, x1 = x0 + ks[0], x1 + ks[1]
-    for i in range(5):
-        for r in _ROTATIONS[i % 2]:
-            x0 = x0 + x1
-            x1 = (x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))
-            x1 = x1 ^ x0
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    for j in range(rounds):
+        r = _ROTATIONS[(j // 4) % 2][j % 4]
+        x0 = x0 + x1
+        x1 = (x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))
+        x1 = x1 ^ x0
+        if j % 4 == 3:  # key injection after every fourth round (Random123)
+            i = j // 4
+            x0 = x0 + ks[(i + 1) % 3]
+            x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
     return x0, x1
 
 
 def random_words(key: PRNGKeyArray, shape: tuple[int, ...]) -> jax.Array:
     """``uint32`` random words of ``shape``: :func:`cipher_words` keyed by two words drawn
-    from ``key`` with its own impl, stream 0."""
-    return cipher_words(jax.random.bits(key, (2,), jnp.uint32), shape)
+    from ``key`` with its own impl, stream 0, at ``jax.random``'s 20 rounds (one-off draws:
+    fixed training sets and evaluation batches are not the hot loop)."""
+    return cipher_words(jax.random.bits(key, (2,), jnp.uint32), shape, rounds=20)
 
 
-def cipher_words(key_words: jax.Array, shape: tuple[int, ...], stream: jax.Array | int = 0) -> jax.Array:
-    """Threefry-2x32 in counter mode: word ``i`` is the first output for counter ``(i,
+def cipher_words(key_words: jax.Array, shape: tuple[int, ...], stream: jax.Array | int = 0,
+                 rounds: int = ROUNDS) -> jax.Array:
+    """Threefry-2x32-``rounds`` in counter mode: word ``i`` is the first output for counter ``(i,
     stream)`` under the two-word key ``key_words`` (``uint32[2]``). A trainer passes the
     step as ``stream``, so each step reads fresh words with no per-step key derivation.
     (One output per counter: a fused kernel computes each output element's rounds on its
@@ -112,7 +132,7 @@ def cipher_words(key_words: jax.Array, shape: tuple[int, ...], stream: jax.Array
         raise ShapeError(f"cipher_words draws at most 2^32 words per key and stream, asked for {n}.")
     counter = jax.lax.iota(jnp.uint32, n).reshape(shape)
     hi = jnp.broadcast_to(jnp.asarray(stream).astype(jnp.uint32), counter.shape)
-    return threefry2x32((key_words[0], key_words[1]), counter, hi)[0]
+    return threefry2x32((key_words[0], key_words[1]), counter, hi, rounds)[0]
 
 
 def features_from_words(words: jax.Array, feature_probability: Float[Array, ""] | float,
@@ -125,7 +145,7 @@ def features_from_words(words: jax.Array, feature_probability: Float[Array, ""] 
     if signed:
         value = 2.0 * value - 1.0
     # Materialise the batch once: left alone, XLA fuses the generator into every consumer
-    # of x and runs its 20 rounds again in each.
+    # of x and runs its rounds again in each.
     return jax.lax.optimization_barrier(jnp.where(u <= p, value, 0.0))
 
 
@@ -163,6 +183,7 @@ class OnlineFeatures(eqx.Module):
     batch_size: int = eqx.field(static=True)
     n_features: int = eqx.field(static=True)
     signed: bool = eqx.field(static=True, default=False)
+    rounds: int = eqx.field(static=True, default=ROUNDS)  # of the trainer's Threefry
 
     def sample(self, key: PRNGKeyArray) -> tuple[Float[Array, "batch feature"], None]:
         x = sample_features(key, self.feature_probability, self.batch_size, self.n_features,
@@ -172,7 +193,7 @@ class OnlineFeatures(eqx.Module):
     def sample_t(self, key_words: jax.Array, step: jax.Array) -> tuple[Float[Array, "feature batch"], None]:
         """The trainer's batch of ``step``, feature-major (``[n_features, batch]``), from
         the instance's two key words: :func:`cipher_words` with the step as its stream."""
-        words = cipher_words(key_words, (self.n_features, self.batch_size), step)
+        words = cipher_words(key_words, (self.n_features, self.batch_size), step, self.rounds)
         return features_from_words(words, self.feature_probability, signed=self.signed), None
 
 
