@@ -1,30 +1,38 @@
 """Benchmark: many toy models as one program, against a Python loop of a jitted step.
 
 256 ReLU output models (n=20 features, m=5 hidden, batch 1024, feature probability 0.1,
-importance 0.7^i), AdamW. In one process it times (median of repeats, steady state after
-compilation, whose time is printed separately):
+importance 0.7^i), AdamW. In one process it measures (steady state after compilation,
+whose time is printed separately):
 
-* ``one program``: :func:`jaxinterp.models.toy.make_chunk`, the trainer's program:
-  ``scan`` over steps of a ``vmap`` over blocks of instances (the CPU default block), with
-  on-device data from the fused Threefry sampler and the closed-form gradient;
-* ``loop``: the same per-instance step (:func:`make_instance_step`), ``jax.jit``-ed once
-  and called for each instance at each step from Python (one dispatch per instance-step);
-* where the time goes: the step without sampling (a fixed batch), the sampler alone, the
-  plain ``vmap`` over all 256 instances (one block), the gradient by autodiff instead of
-  the closed form, and the sampler variants that were measured before choosing this one
-  (``jax.random`` threefry bits, and the textbook two draws per entry);
+* ``RATIO``: the trainer's program (:func:`jaxinterp.models.toy.make_chunk`: ``scan`` over
+  steps of a ``vmap`` over cache-sized blocks of instances, data drawn on the device by the
+  fused Threefry-2x32-13 sampler, closed-form gradient) against a Python loop that calls
+  the same per-instance step (:func:`make_instance_step`, ``jax.jit``-ed once) for each
+  instance at each step: ``--pairs`` interleaved (program, loop) timings, the median of
+  their ratios, in wall time and in process CPU time (all threads; robust to other load);
+* where the time goes, by ablation (CPU ms per step): the step without sampling (a fixed
+  batch), the sampler alone, forward and loss only, the gradient with plain SGD instead of
+  AdamW; and by XLA's profiler: each compiled op's share of the traced time, grouped into
+  random bits, element-wise loops over ``[instances, n or m, batch]``, matmuls and small
+  ops (AdamW, bookkeeping);
+* the alternatives measured before choosing: Threefry with ``jax.random``'s 20 rounds,
+  ``jax.random`` bits and the textbook two draws, the autodiff gradient, other block sizes,
+  one plain ``vmap`` over all 256 instances;
 * ``train_toys`` itself on one and on two CPU devices (one per core, instances sharded);
 * a roofline for the one-program step: bytes (XLA's cost analysis of one vmapped step)
   over a measured copy bandwidth (DRAM-sized and cache-sized arrays), and FLOPs over a
   measured matmul rate.
 
-Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5]
+Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5] [--pairs 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import re
+import tempfile
 import time
 
 import equinox as eqx
@@ -121,6 +129,29 @@ def autodiff_step(cfg, opt):
     return step
 
 
+def forward_only_step(cfg, opt):
+    """Sampling, forward pass and loss of the trainer's step; no gradient, no update (XLA
+    drops the unused gradient; the model stays put)."""
+
+    def step(model, opt_state, source, importance, key_words, t):
+        xt, weights = source.sample_t(key_words, t)
+        loss, _ = toy.loss_and_grad(cfg, model, xt, importance, weights)
+        return model, opt_state, loss
+
+    return step
+
+
+def sgd_step(cfg, opt):
+    """The closed-form gradient with a plain SGD update instead of AdamW."""
+
+    def step(model, opt_state, source, importance, key_words, t):
+        xt, weights = source.sample_t(key_words, t)
+        loss, grads = toy.loss_and_grad(cfg, model, xt, importance, weights)
+        return jax.tree.map(lambda p, g: p - 1e-3 * g, model, grads), opt_state, loss
+
+    return step
+
+
 def one_program(cfg, opt, state, sources, importance, keys, steps, block, make_step=toy.make_instance_step):
     chunk = jax.jit(make_chunk(cfg, opt, steps, (block,), make_step))
     args = ((state,), ((sources, importance, keys),), jnp.int32(0))
@@ -129,7 +160,9 @@ def one_program(cfg, opt, state, sources, importance, keys, steps, block, make_s
     return compiled, args, time.perf_counter() - t
 
 
-def loop_step_time(cfg, opt, state, sources, importance, keys, steps, repeats):
+def make_loop(cfg, opt, state, sources, importance, keys, steps):
+    """The baseline: ``run()`` calls the jitted per-instance step for every instance at
+    every one of ``steps`` steps from Python; returns ``(run, compile seconds)``."""
     step = jax.jit(toy.make_instance_step(cfg, opt))
     per = [jax.tree.map(lambda a, i=i: a[i], (state, sources, importance, keys)) for i in range(I)]
     states = [p[0] for p in per]
@@ -145,7 +178,88 @@ def loop_step_time(cfg, opt, state, sources, importance, keys, steps, repeats):
                 states[i] = (model, opt_state)
         return states
 
-    return median_time(run, repeats) / steps, compile_s
+    return run, compile_s
+
+
+def interleaved(fns: list, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wall and CPU seconds ``[pairs, len(fns)]`` of the functions called in turn, so that
+    each pair of calls sees the same load."""
+    wall, cpu = np.zeros((pairs, len(fns))), np.zeros((pairs, len(fns)))
+    for fn in fns:
+        jax.block_until_ready(fn())  # warm up
+    for r in range(pairs):
+        for j, fn in enumerate(fns):
+            t, c = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn())
+            wall[r, j], cpu[r, j] = time.perf_counter() - t, time.process_time() - c
+    return wall, cpu
+
+
+def op_kinds(hlo: str) -> dict[str, str]:
+    """The kind of each op of a compiled HLO module that the profiler names: ``random
+    bits`` (a fusion with Threefry's shifts), ``matmul`` (dots, oneDNN/YNNPACK fusions),
+    ``element-wise`` (other ops writing >= 4096 elements: the ``[instances, n|m, batch]``
+    loops) or ``small`` (AdamW on ``[instances, n, m]``, counters, bookkeeping)."""
+    bodies, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and "{" in line:
+            name = line.split(" ", 1)[0].lstrip("%")
+            bodies[name] = []
+        elif name is not None:
+            bodies[name].append(line)
+
+    def text(comp, depth=0):
+        body = "\n".join(bodies.get(comp, []))
+        if depth < 3:
+            for sub in re.findall(r"(?:calls|to_apply)=%([\w.-]+)", body):
+                body += text(sub, depth + 1)
+        return body
+
+    kinds = {}
+    for lines in bodies.values():
+        for line in lines:
+            m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\w+)\[([\d,]*)\][^ ]* (\w[\w-]*)\(", line)
+            if not m or m.group(4) in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
+                continue
+            inner = text(c.group(1)) if (c := re.search(r"calls=%([\w.-]+)", line)) else line
+            size = int(np.prod([int(d) for d in m.group(3).split(",") if d])) if m.group(3) else 1
+            if "shift-left" in inner:
+                kinds[m.group(1)] = "random bits (Threefry)"
+            elif m.group(4) == "dot" or "kind=kCustom" in line or " dot(" in inner:
+                kinds[m.group(1)] = "matmuls (batch contractions)"
+            elif m.group(4) in ("while", "call", "conditional"):
+                continue
+            elif size >= 4096:
+                kinds[m.group(1)] = "element-wise [instances, n|m, batch]"
+            else:
+                kinds[m.group(1)] = "small (AdamW, bookkeeping)"
+    return kinds
+
+
+def profile_shares(compiled, args) -> dict[str, float]:
+    """Each kind of op's share (:func:`op_kinds`) of the time XLA's profiler records for
+    one call: the ops' own events, summed over threads (tracing slows every op, so read
+    shares, not times). Empty if this JAX cannot read its traces back."""
+    try:
+        from jax._src.lib import _profile_data
+    except ImportError:
+        return {}
+    kinds = op_kinds(compiled.as_text())
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            jax.block_until_ready(compiled(*args))
+        files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            return {}
+        data = _profile_data.ProfileData.from_file(files[0])
+    total: dict[str, float] = {}
+    for plane in data.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if ev.name in kinds:
+                    total[kinds[ev.name]] = total.get(kinds[ev.name], 0.0) + ev.duration_ns
+    whole = sum(total.values()) or 1.0
+    return {k: v / whole for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
 
 
 TWO_DEVICES = r"""
@@ -197,7 +311,8 @@ def matmul_rate(repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (median)")
+    parser.add_argument("--pairs", type=int, default=7, help="interleaved (program, loop) pairs for RATIO")
     args = parser.parse_args()
     S, R = args.steps, args.repeats
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
@@ -205,52 +320,90 @@ def main() -> None:
     train = toy.ToyTrainConfig(batch_size=B)
     cfg, opt, state, sources, importance, keys = setup(train)
     block = block_size(cfg, train, B, I, "cpu")
-    fixed = FixedBatch(jax.vmap(lambda k: toy.OnlineFeatures(jnp.float32(P), B, N).sample_t(k, 0)[0])(keys))
+    print(f"\n256 instances, n={N}, m={M}, batch {B}, p={P}; blocks of {block} instances; "
+          f"{S} steps per program call; Threefry-2x32-{toy.data.ROUNDS} sampler")
 
-    rows = {}
+    # The headline: the trainer's program against the loop, interleaved.
+    compiled, a, prog_compile = one_program(cfg, opt, state, sources, importance, keys, S, block)
+    loop_steps = max(2, S // 10)
+    loop, loop_compile = make_loop(cfg, opt, state, sources, importance, keys, loop_steps)
+    load0 = os.getloadavg()[0]
+    wall, cpu = interleaved([lambda: compiled(*a), loop], args.pairs)
+    wall, cpu = wall / [S, loop_steps], cpu / [S, loop_steps]  # per step
+    print(f"\none program: {np.median(wall[:, 0]) * 1e3:.2f} ms/step wall, {np.median(cpu[:, 0]) * 1e3:.2f} ms CPU "
+          f"(compile {prog_compile:.2f} s); loop of the jitted per-instance step: "
+          f"{np.median(wall[:, 1]) * 1e3:.2f} ms/step wall, {np.median(cpu[:, 1]) * 1e3:.2f} ms CPU "
+          f"(compile {loop_compile:.2f} s)")
+    print("loop / one program per pair, wall: " + " ".join(f"{r:.2f}" for r in wall[:, 1] / wall[:, 0]))
+    print("loop / one program per pair, CPU:  " + " ".join(f"{r:.2f}" for r in cpu[:, 1] / cpu[:, 0]))
+    print(f"RATIO loop / one program = {np.median(wall[:, 1] / wall[:, 0]):.2f}x wall, "
+          f"{np.median(cpu[:, 1] / cpu[:, 0]):.2f}x CPU time (median of {args.pairs} interleaved pairs; "
+          f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
+
+    # Where the time goes: ablations and alternatives, each against the one program.
+    src20 = toy.OnlineFeatures(sources.feature_probability, B, N, rounds=20)
+    fixed = FixedBatch(jax.vmap(lambda k: toy.OnlineFeatures(jnp.float32(P), B, N).sample_t(k, 0)[0])(keys))
     variants = [("one program", sources, block, toy.make_instance_step),
-                ("one program, no sampling", fixed, block, toy.make_instance_step),
-                ("one program, autodiff gradient", sources, block, autodiff_step)]
-    variants += [(f"one program, blocks of {b}", sources, b, toy.make_instance_step)
-                 for b in (1, 2, 8, 16) if b != block]
-    variants += [("plain vmap over 256 (one block)", sources, I, toy.make_instance_step)]
-    for how in ("two_draws", "bits"):
-        variants += [(f"one program, sampler: jax.random threefry2x32 ({how.replace('_', ' ')})",
-                      Sampler(sources.feature_probability, B, N, False, how), block, toy.make_instance_step)]
+                ("  no sampling (the same batch every step)", fixed, block, toy.make_instance_step),
+                ("  sampling, forward and loss only (no gradient, no update)", sources, block, forward_only_step),
+                ("  closed-form gradient, plain SGD instead of AdamW", sources, block, sgd_step),
+                ("  sampler: Threefry-2x32-20 (jax.random's rounds)", src20, block, toy.make_instance_step),
+                ("  sampler: jax.random threefry2x32 (bits)",
+                 Sampler(sources.feature_probability, B, N, how="bits"), block, toy.make_instance_step),
+                ("  sampler: jax.random threefry2x32 (two draws)",
+                 Sampler(sources.feature_probability, B, N, how="two_draws"), block, toy.make_instance_step),
+                ("  autodiff gradient", sources, block, autodiff_step)]
+    variants += [(f"  blocks of {b}", sources, b, toy.make_instance_step) for b in (1, 4, 8, 32) if b != block]
+    variants += [("  plain vmap over 256 (one block)", sources, I, toy.make_instance_step)]
+    rows = {}
     for name, src, blk, make_step in variants:
-        compiled, a, comp = one_program(cfg, opt, state, src, importance, keys, S, blk, make_step)
+        c, a_, comp = (compiled, a, prog_compile) if name == "one program" else \
+            one_program(cfg, opt, state, src, importance, keys, S, blk, make_step)
         before = thread_cpu()
-        rows[name] = (median_time(lambda c=compiled, a=a: c(*a), R) / S, comp, CPU_TIMES[0] / S)
+        rows[name] = (median_time(lambda c=c, a_=a_: c(*a_), R) / S, comp, CPU_TIMES[0] / S)
         if name == "one program":  # which threads did the work: XLA's pool splits large ops
             after = thread_cpu()
             busy = sorted(((after[k] - before.get(k, 0.0), k) for k in after), reverse=True)[:3]
             threads = ", ".join(f"{k.split(':', 1)[1]} {v:.1f} s" for v, k in busy)
 
-    @jax.jit
-    def sample_only(keys, t0):
-        src = toy.OnlineFeatures(jnp.float32(P), B, N)
+    for rounds in (toy.data.ROUNDS, 20):
+        @jax.jit
+        def sample_only(keys, t0, rounds=rounds):
+            src = toy.OnlineFeatures(jnp.float32(P), B, N, rounds=rounds)
 
-        def body(c, t):
-            x = jax.lax.map(jax.vmap(lambda k: src.sample_t(k, t)[0]), keys.reshape(-1, block, 2))
-            return c + x.sum(), None
-        return jax.lax.scan(body, jnp.float32(0), t0 + jnp.arange(S))[0]
+            def body(c, t):
+                x = jax.lax.map(jax.vmap(lambda k: src.sample_t(k, t)[0]), keys.reshape(-1, block, 2))
+                return c + x.sum(), None
+            return jax.lax.scan(body, jnp.float32(0), t0 + jnp.arange(S))[0]
 
-    rows["sampler alone (fused Threefry, one draw, same blocks)"] = (
-        median_time(lambda: sample_only(keys, jnp.int32(0)), R) / S, 0.0, CPU_TIMES[0] / S)
-    loop_steps = max(2, S // 10)
-    loop_s, loop_compile = loop_step_time(cfg, opt, state, sources, importance, keys, loop_steps, R)
-    rows["loop of a jitted per-instance step"] = (loop_s, loop_compile, CPU_TIMES[0] / loop_steps)
-
+        rows[f"  sampler alone (Threefry-2x32-{rounds}, same blocks)"] = (
+            median_time(lambda: sample_only(keys, jnp.int32(0)), R) / S, 0.0, CPU_TIMES[0] / S)
+    rows["loop of the jitted per-instance step (above)"] = (
+        float(np.median(wall[:, 1])), loop_compile, float(np.median(cpu[:, 1])))
     for name, (sec, comp) in two_devices(S, R).items():
         rows[f"train_toys, {name} (XLA host device count 2)"] = (sec, comp, float("nan"))
 
     base, base_cpu = rows["one program"][0], rows["one program"][2]
-    print(f"\n256 instances, n={N}, m={M}, batch {B}, p={P}; block {block} instances; {S} steps per call")
-    print(f"{'variant':62s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s} {'compile s':>9s}")
-    for name, (sec, comp, cpu) in rows.items():
-        print(f"{name:62s} {sec * 1e3:8.2f} {sec / base:6.2f} {cpu * 1e3:8.2f} {cpu / base_cpu:6.2f} {comp:9.2f}")
+    print(f"\n{'variant (ratios against one program)':62s} {'ms/step':>8s} {'ratio':>6s} {'CPU ms':>8s} "
+          f"{'ratio':>6s} {'compile s':>9s}")
+    for name, (sec, comp, cpu_) in rows.items():
+        print(f"{name:62s} {sec * 1e3:8.2f} {sec / base:6.2f} {cpu_ * 1e3:8.2f} {cpu_ / base_cpu:6.2f} {comp:9.2f}")
     print(f"one program: CPU time of its busiest threads over the timed calls: {threads}")
-    print(f"RATIO loop / one program = {loop_s / base:.1f}x wall, {rows['loop of a jitted per-instance step'][2] / base_cpu:.1f}x CPU time")
+
+    c = lambda name: rows[name][2] * 1e3  # noqa: E731
+    sampling = base_cpu * 1e3 - c("  no sampling (the same batch every step)")
+    fwd = c("  sampling, forward and loss only (no gradient, no update)") - sampling
+    adamw = base_cpu * 1e3 - c("  closed-form gradient, plain SGD instead of AdamW")
+    grad = base_cpu * 1e3 - sampling - fwd - adamw
+    print(f"\nwhere the time goes (CPU ms per step, by ablation; total {base_cpu * 1e3:.2f}):")
+    for name, v in (("random numbers and sampling", sampling), ("forward and loss", fwd),
+                    ("closed-form gradient", grad), ("AdamW update", adamw)):
+        print(f"  {name:30s} {v:7.2f} ms  {v / (base_cpu * 1e3):6.1%}")
+    shares = profile_shares(compiled, a)
+    if shares:
+        print("XLA profiler, share of the traced op time by kind (one call):")
+        for k, v in shares.items():
+            print(f"  {k:40s} {v:6.1%}")
 
     # Roofline of one step: XLA's cost analysis of the vmapped step.
     step = jax.jit(jax.vmap(toy.make_instance_step(cfg, opt), in_axes=(0, 0, 0, 0, 0, None)))
@@ -268,6 +421,7 @@ def main() -> None:
     print(f"  one-program step {base * 1e3:.2f} ms wall, {base_cpu * 1e3:.2f} ms CPU = "
           f"{base / max(t_cache, t_flop):.1f}x / {base_cpu / max(t_cache, t_flop):.1f}x the in-cache roofline "
           f"max(bytes / cache rate, FLOPs / matmul rate)")
+
 
 if __name__ == "__main__":
     main()

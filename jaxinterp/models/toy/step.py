@@ -14,10 +14,13 @@ below is vectorised along the batch)::
 
 ``act`` is the identity (``"linear"``, ``"relu"``) or ReLU (``"hidden_relu"``); ``out``
 is ReLU except for ``"linear"``; ReLU's derivative at 0 is 0, as in ``jax.nn.relu``. The
-contractions over ``n`` and ``m`` are tiny (``n=20, m=5``), so instead of batched matmuls
-(which run at a fraction of their large-matrix rate at these shapes) they are written as
-sums of broadcast products, which XLA fuses into one vectorised loop each; contractions
-over the batch stay matmuls. Autodiff of the same loss gives the same numbers (tested)
+contractions are tiny (``n=20, m=5``), and which form XLA:CPU runs fastest was measured
+per contraction (``experiments/benchmarks/RESULTS_toy.md``): ``A^T = W^T X^T`` is a
+matmul (a 20-term unrolled sum read the batch five times and cost ~15% more of the whole
+step); ``W H^T`` and ``W^T D`` are sums of broadcast products (:func:`contract`), which XLA
+fuses with their element-wise neighbours into one vectorised loop (as matmuls the step
+took 1.3-1.5x longer); contractions over the batch are matmuls. The loss is reduced over
+the batch as ``sum_b c_b err^2`` so that XLA fuses the square into the reduction. Autodiff of the same loss gives the same numbers (tested)
 at about twice the time (``experiments/benchmarks/RESULTS_toy.md``). The untied ``abs``
 model (:class:`ToyMLP`) uses autodiff.
 
