@@ -87,7 +87,8 @@ def setup(train: toy.ToyTrainConfig):
     models = toy.init_toys(cfg, toy.instance_keys(jax.random.fold_in(key, 0), I))
     state = (models, jax.vmap(opt.init)(models))
     keys = toy.data_key_words(toy.instance_keys(jax.random.fold_in(key, 1), I))
-    sources = toy.OnlineFeatures(jnp.full((I,), P, jnp.float32), B, N)
+    sources = toy.OnlineFeatures(jnp.full((I,), P, jnp.float32), B, N,  # as train_toys builds it
+                                 loss_examples=B // toy.train.LOSS_SUBSAMPLE)
     importance = jnp.broadcast_to(jnp.asarray(toy.geometric_importance(N, 0.7)), (I, N))
     return cfg, opt, state, sources, importance, keys
 
@@ -110,6 +111,7 @@ class FixedBatch(eqx.Module):
     """The same feature-major batch at every step (the step without sampling)."""
 
     xt: jax.Array
+    loss_examples: int = eqx.field(static=True, default=B // 8)  # as the trainer's sources
 
     def sample_t(self, key_words, t):
         return self.xt, None
@@ -135,7 +137,7 @@ def forward_only_step(cfg, opt):
 
     def step(model, opt_state, source, importance, key_words, t):
         xt, weights = source.sample_t(key_words, t)
-        loss, _ = toy.loss_and_grad(cfg, model, xt, importance, weights)
+        loss, _ = toy.loss_and_grad(cfg, model, xt, importance, weights, source.loss_examples)
         return model, opt_state, loss
 
     return step
@@ -146,7 +148,7 @@ def sgd_step(cfg, opt):
 
     def step(model, opt_state, source, importance, key_words, t):
         xt, weights = source.sample_t(key_words, t)
-        loss, grads = toy.loss_and_grad(cfg, model, xt, importance, weights)
+        loss, grads = toy.loss_and_grad(cfg, model, xt, importance, weights, source.loss_examples)
         return jax.tree.map(lambda p, g: p - 1e-3 * g, model, grads), opt_state, loss
 
     return step
@@ -341,17 +343,19 @@ def main() -> None:
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
 
     # Where the time goes: ablations and alternatives, each against the one program.
-    src20 = toy.OnlineFeatures(sources.feature_probability, B, N, rounds=20)
+    src20 = toy.OnlineFeatures(sources.feature_probability, B, N, rounds=20, loss_examples=sources.loss_examples)
+    full_loss = toy.OnlineFeatures(sources.feature_probability, B, N)
     fixed = FixedBatch(jax.vmap(lambda k: toy.OnlineFeatures(jnp.float32(P), B, N).sample_t(k, 0)[0])(keys))
     variants = [("one program", sources, block, toy.make_instance_step),
                 ("  no sampling (the same batch every step)", fixed, block, toy.make_instance_step),
+                ("  loss on the whole batch (not the first 1/8)", full_loss, block, toy.make_instance_step),
                 ("  sampling, forward and loss only (no gradient, no update)", sources, block, forward_only_step),
                 ("  closed-form gradient, plain SGD instead of AdamW", sources, block, sgd_step),
                 ("  sampler: Threefry-2x32-20 (jax.random's rounds)", src20, block, toy.make_instance_step),
                 ("  sampler: jax.random threefry2x32 (bits)",
-                 Sampler(sources.feature_probability, B, N, how="bits"), block, toy.make_instance_step),
+                 Sampler(sources.feature_probability, B, N, loss_examples=sources.loss_examples, how="bits"), block, toy.make_instance_step),
                 ("  sampler: jax.random threefry2x32 (two draws)",
-                 Sampler(sources.feature_probability, B, N, how="two_draws"), block, toy.make_instance_step),
+                 Sampler(sources.feature_probability, B, N, loss_examples=sources.loss_examples, how="two_draws"), block, toy.make_instance_step),
                 ("  autodiff gradient", sources, block, autodiff_step)]
     variants += [(f"  blocks of {b}", sources, b, toy.make_instance_step) for b in (1, 4, 8, 32) if b != block]
     variants += [("  plain vmap over 256 (one block)", sources, I, toy.make_instance_step)]

@@ -107,6 +107,13 @@ def test_closed_form_gradient_equals_autodiff(variant):
         for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
             assert np.abs(np.asarray(r)).max() > 1e-4  # a gradient that could be wrong
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7)
+    # The trainer's logged loss on fresh batches: the first 16 examples (the untied abs
+    # model: autodiff, all of them); the gradient: all 64.
+    sub_loss, sub_grads = jax.jit(lambda m, x: toy.loss_and_grad(cfg, m, x.T, imp, None, 16))(model, x)
+    ref_loss, ref_grads = ref(model, x[:16] if variant != "abs" else x, None)[0], ref(model, x, None)[1]
+    np.testing.assert_allclose(sub_loss, ref_loss, rtol=1e-5)
+    for g, r in zip(jax.tree.leaves(sub_grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7)
 
 
 def _threefry_reference(key, x0, x1, rounds):

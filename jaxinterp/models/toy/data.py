@@ -184,6 +184,9 @@ class OnlineFeatures(eqx.Module):
     n_features: int = eqx.field(static=True)
     signed: bool = eqx.field(static=True, default=False)
     rounds: int = eqx.field(static=True, default=ROUNDS)  # of the trainer's Threefry
+    # The step's reported loss is measured on the first ``loss_examples`` examples of its
+    # batch (0: all); the gradient always uses the whole batch (see ``toy.step``).
+    loss_examples: int = eqx.field(static=True, default=0)
 
     def sample(self, key: PRNGKeyArray) -> tuple[Float[Array, "batch feature"], None]:
         x = sample_features(key, self.feature_probability, self.batch_size, self.n_features,

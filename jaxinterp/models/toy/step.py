@@ -20,7 +20,11 @@ matmul (a 20-term unrolled sum read the batch five times and cost ~15% more of t
 step); ``W H^T`` and ``W^T D`` are sums of broadcast products (:func:`contract`), which XLA
 fuses with their element-wise neighbours into one vectorised loop (as matmuls the step
 took 1.3-1.5x longer); contractions over the batch are matmuls. The loss is reduced over
-the batch as ``sum_b c_b err^2`` so that XLA fuses the square into the reduction. Autodiff of the same loss gives the same numbers (tested)
+the batch as ``sum_b c_b err^2`` so that XLA fuses the square into the reduction. With
+fresh data every step (:class:`OnlineFeatures`) the trainer reports the loss of the first
+``loss_examples`` (1/8) of each batch, an unbiased estimate of the same expectation, so
+that ``err`` need not be written out for a full-batch reduction: the loss cost ~18% of
+the step; the gradient always uses the whole batch. Autodiff of the same loss gives the same numbers (tested)
 at about twice the time (``experiments/benchmarks/RESULTS_toy.md``). The untied ``abs``
 model (:class:`ToyMLP`) uses autodiff.
 
@@ -56,9 +60,12 @@ def tied_loss_and_grad(
     xt: Float[Array, "feature batch"],
     importance: Float[Array, " feature"],
     weights: Float[Array, " batch"] | None = None,
+    loss_examples: int = 0,
 ) -> tuple[Float[Array, ""], ToyModel]:
     """The importance-weighted MSE of a tied toy model on a feature-major batch, and its
-    gradient with respect to ``W`` and ``b_final`` (formulas in the module docstring)."""
+    gradient with respect to ``W`` and ``b_final`` (formulas in the module docstring).
+    ``loss_examples > 0`` (unweighted batches only): the returned loss is measured on the
+    batch's first ``loss_examples`` examples; the gradient still uses all of them."""
     n, batch = xt.shape
     W, variant = model.W, model.variant
     c = (jnp.full((batch,), 1.0 / batch, xt.dtype) if weights is None
@@ -70,7 +77,11 @@ def tied_loss_and_grad(
     coef = importance / n
     # The loss as a weighted sum of squares reduced over the batch: XLA fuses err^2 into
     # the reduction instead of materialising ``coef * err * c`` for it.
-    loss = jnp.dot(coef, jnp.sum(err * err * c[None, :], axis=1))
+    if loss_examples and weights is None and loss_examples < batch:
+        e = err[:, :loss_examples]
+        loss = jnp.dot(coef, jnp.sum(e * e, axis=1)) / loss_examples
+    else:
+        loss = jnp.dot(coef, jnp.sum(err * err * c[None, :], axis=1))
     scaled = coef[:, None] * err * c[None, :]
     d = 2.0 * scaled if variant == "linear" else jnp.where(ot > 0, 2.0 * scaled, 0.0)
     da = contract(W, d)  # [m, B]
@@ -80,10 +91,11 @@ def tied_loss_and_grad(
     return loss, ToyModel(grad_W, jnp.sum(d, axis=1), variant)
 
 
-def loss_and_grad(cfg: ToyConfig, model: Toy, xt, importance, weights=None):
-    """:func:`tied_loss_and_grad`, or autodiff for the untied ``abs`` model."""
+def loss_and_grad(cfg: ToyConfig, model: Toy, xt, importance, weights=None, loss_examples=0):
+    """:func:`tied_loss_and_grad`, or autodiff (loss on the whole batch) for the untied
+    ``abs`` model."""
     if isinstance(model, ToyModel):
-        return tied_loss_and_grad(model, xt, importance, weights)
+        return tied_loss_and_grad(model, xt, importance, weights, loss_examples)
     x = xt.T
 
     def loss(m):
@@ -99,7 +111,8 @@ def make_instance_step(cfg: ToyConfig, opt: optax.GradientTransformation):
 
     def step(model, opt_state, source, importance, key_words, t):
         xt, weights = source.sample_t(key_words, t)
-        loss, grads = loss_and_grad(cfg, model, xt, importance, weights)
+        loss, grads = loss_and_grad(cfg, model, xt, importance, weights,
+                                    getattr(source, "loss_examples", 0))
         updates, opt_state = opt.update(grads, opt_state, model)
         return optax.apply_updates(model, updates), opt_state, loss
 

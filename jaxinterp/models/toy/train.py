@@ -64,6 +64,7 @@ from jaxinterp.models.toy.step import make_instance_step
 PRNG_IMPLS = ("threefry2x32", "philox2x32", "rbg", "unsafe_rbg")
 CACHE_BYTES = 8 * 2**20  # per block of instances on CPU: a quarter of the L3 cache (measured best)
 SCHEDULES = ("constant", "cosine")
+LOSS_SUBSAMPLE = 8  # fresh batches: the logged loss is measured on 1/8 of each batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,9 @@ class ToyRun:
     """Trained instances and how training went."""
 
     model: Toy  # every leaf has a leading instance axis
-    loss_history: np.ndarray  # [n_logs, instances]: mean loss over each logged stretch
+    # [n_logs, instances]: mean training loss over each logged stretch (fresh batches: on
+    # the first 1/LOSS_SUBSAMPLE of each step's batch; fixed training sets: the whole set)
+    loss_history: np.ndarray
     log_steps: np.ndarray  # [n_logs]: the step each stretch ends at
     compile_seconds: float
     train_seconds: float
@@ -255,8 +258,9 @@ def train_toys(
 
     opt = train.optimizer()
     state, key_data = jax.device_get(_initial_state(cfg, opt, train.seed, train.prng_impl, n_inst))
-    sources = data if data is not None else OnlineFeatures(p, train.batch_size, cfg.n_features,
-                                                           cfg.signed_inputs)
+    sources = data if data is not None else OnlineFeatures(
+        p, train.batch_size, cfg.n_features, cfg.signed_inputs,
+        loss_examples=max(1, train.batch_size // LOSS_SUBSAMPLE))
     # Grouping and padding on the host (numpy): no small eager device ops to compile.
     args = jax.tree.map(np.asarray, (state, sources, imp, key_data))
 
