@@ -23,7 +23,7 @@ whose time is printed separately):
   over a measured copy bandwidth (DRAM-sized and cache-sized arrays), and FLOPs over a
   measured matmul rate.
 
-Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5] [--pairs 7]
+Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5] [--pairs 7] [--ratio-only]
 """
 
 from __future__ import annotations
@@ -315,6 +315,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per variant (median)")
     parser.add_argument("--pairs", type=int, default=7, help="interleaved (program, loop) pairs for RATIO")
+    parser.add_argument("--ratio-only", action="store_true", help="only the RATIO line (quick)")
     args = parser.parse_args()
     S, R = args.steps, args.repeats
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
@@ -342,6 +343,8 @@ def main() -> None:
           f"{np.median(cpu[:, 1] / cpu[:, 0]):.2f}x CPU time (median of {args.pairs} interleaved pairs; "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f})")
 
+    if args.ratio_only:
+        return
     # Where the time goes: ablations and alternatives, each against the one program.
     src20 = toy.OnlineFeatures(sources.feature_probability, B, N, rounds=20, loss_examples=sources.loss_examples)
     full_loss = toy.OnlineFeatures(sources.feature_probability, B, N)
