@@ -1,27 +1,19 @@
 """Benchmark: many toy models as one program, against a Python loop of a jitted step.
 
-256 ReLU output models (n=20 features, m=5 hidden, batch 1024, feature probability 0.1,
-importance 0.7^i), AdamW. In one process it measures (steady state after compilation,
-whose time is printed separately):
+256 ReLU output models (n=20, m=5, batch 1024, feature probability 0.1, importance
+0.7^i), AdamW; steady state after compilation (compile times printed separately):
 
-* ``RATIO``: the trainer's program (:func:`jaxinterp.models.toy.make_chunk`: ``scan`` over
-  steps of a ``vmap`` over cache-sized blocks of instances, data drawn on the device by the
-  fused Threefry-2x32-13 sampler, closed-form gradient) against a Python loop that calls
-  the same per-instance step (:func:`make_instance_step`, ``jax.jit``-ed once) for each
-  instance at each step: ``--pairs`` interleaved (program, loop) timings, the median of
-  their ratios, in wall time and in process CPU time (all threads; robust to other load);
-* where the time goes, by ablation (CPU ms per step): the step without sampling (a fixed
-  batch), the sampler alone, forward and loss only, the gradient with plain SGD instead of
-  AdamW; and by XLA's profiler: each compiled op's share of the traced time, grouped into
-  random bits, element-wise loops over ``[instances, n or m, batch]``, matmuls and small
-  ops (AdamW, bookkeeping);
-* the alternatives measured before choosing: Threefry with ``jax.random``'s 20 rounds,
-  ``jax.random`` bits and the textbook two draws, the autodiff gradient, other block sizes,
-  one plain ``vmap`` over all 256 instances;
-* ``train_toys`` itself on one and on two CPU devices (one per core, instances sharded);
-* a roofline for the one-program step: bytes (XLA's cost analysis of one vmapped step)
-  over a measured copy bandwidth (DRAM-sized and cache-sized arrays), and FLOPs over a
-  measured matmul rate.
+* ``RATIO``: the trainer's program (:func:`make_chunk`: ``scan`` over steps of a ``vmap``
+  over cache-sized blocks, data from the fused Threefry-2x32-13 sampler, closed-form
+  gradient) against a Python loop calling the same jitted per-instance step
+  (:func:`make_instance_step`) per instance per step: ``--pairs`` interleaved timings,
+  median of the pairs' ratios, in wall and in process CPU time (robust to other load);
+* where the time goes: ablations (no sampling, sampler alone, forward and loss only, SGD
+  instead of AdamW, loss on the whole batch) and XLA's profiler (ops grouped by kind);
+* the alternatives measured before choosing (20 rounds, ``jax.random`` samplers,
+  autodiff, block sizes, one plain ``vmap``), ``train_toys`` on one and two CPU devices;
+* a roofline: bytes (XLA's cost analysis) over measured copy rates, FLOPs over a measured
+  matmul rate.
 
 Run:  python experiments/benchmarks/bench_toy.py [--steps 20] [--repeats 5] [--pairs 7] [--ratio-only]
 """
@@ -30,10 +22,14 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -45,36 +41,39 @@ from jaxinterp.models import toy
 from jaxinterp.models.toy.train import _loss, block_size, make_chunk
 
 I, B, N, M, P = 256, 1024, 20, 5, 0.1
-
-
 CPU_TIMES: list[float] = []  # process CPU seconds of the last median_time's median repeat
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median wall seconds of ``fn()``; the matching CPU seconds go to ``CPU_TIMES``.
+def interleaved(fns: list, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wall and CPU seconds ``[pairs, len(fns)]`` of the functions called in turn, so that
+    each pair of calls sees the same load."""
+    wall, cpu = np.zeros((pairs, len(fns))), np.zeros((pairs, len(fns)))
+    for fn in fns:
+        jax.block_until_ready(fn())  # warm up
+    for r in range(pairs):
+        for j, fn in enumerate(fns):
+            t, c = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn())
+            wall[r, j], cpu[r, j] = time.perf_counter() - t, time.process_time() - c
+    return wall, cpu
 
-    On a machine shared with other jobs, wall time counts the waits for a core; process
-    CPU time (all threads) does not, so its ratios stand in for a quiet machine's."""
-    jax.block_until_ready(fn())  # compile / warm up
-    times, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()``; the matching CPU seconds go to ``CPU_TIMES``. (On a
+    shared machine wall time counts the waits for a core; process CPU time does not.)"""
+    wall, cpu = interleaved([fn], repeats)
     CPU_TIMES[:] = [float(np.median(cpu))]
-    return float(np.median(times))
+    return float(np.median(wall))
 
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of each thread of this process (Linux ``/proc``; empty elsewhere)."""
-    out = {}
-    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+    out, tasks = {}, "/proc/self/task"
+    for tid in os.listdir(tasks) if os.path.isdir(tasks) else []:
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
+            with open(f"{tasks}/{tid}/stat") as f, open(f"{tasks}/{tid}/comm") as g:
                 fields = f.read().rsplit(") ", 1)[1].split()
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                out[f"{tid}:{f.read().strip()}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                out[f"{tid}:{g.read().strip()}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except OSError:
             pass
     return out
@@ -131,25 +130,16 @@ def autodiff_step(cfg, opt):
     return step
 
 
-def forward_only_step(cfg, opt):
-    """Sampling, forward pass and loss of the trainer's step; no gradient, no update (XLA
-    drops the unused gradient; the model stays put)."""
-
-    def step(model, opt_state, source, importance, key_words, t):
-        xt, weights = source.sample_t(key_words, t)
-        loss, _ = toy.loss_and_grad(cfg, model, xt, importance, weights, source.loss_examples)
-        return model, opt_state, loss
-
-    return step
-
-
-def sgd_step(cfg, opt):
-    """The closed-form gradient with a plain SGD update instead of AdamW."""
+def ablated_step(cfg, opt, update: str):
+    """The trainer's step with ``update="none"`` (sampling, forward and loss only: XLA
+    drops the unused gradient) or ``"sgd"`` (a plain SGD update instead of AdamW)."""
 
     def step(model, opt_state, source, importance, key_words, t):
         xt, weights = source.sample_t(key_words, t)
         loss, grads = toy.loss_and_grad(cfg, model, xt, importance, weights, source.loss_examples)
-        return jax.tree.map(lambda p, g: p - 1e-3 * g, model, grads), opt_state, loss
+        if update == "sgd":
+            model = jax.tree.map(lambda p, g: p - 1e-3 * g, model, grads)
+        return model, opt_state, loss
 
     return step
 
@@ -183,25 +173,10 @@ def make_loop(cfg, opt, state, sources, importance, keys, steps):
     return run, compile_s
 
 
-def interleaved(fns: list, pairs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Wall and CPU seconds ``[pairs, len(fns)]`` of the functions called in turn, so that
-    each pair of calls sees the same load."""
-    wall, cpu = np.zeros((pairs, len(fns))), np.zeros((pairs, len(fns)))
-    for fn in fns:
-        jax.block_until_ready(fn())  # warm up
-    for r in range(pairs):
-        for j, fn in enumerate(fns):
-            t, c = time.perf_counter(), time.process_time()
-            jax.block_until_ready(fn())
-            wall[r, j], cpu[r, j] = time.perf_counter() - t, time.process_time() - c
-    return wall, cpu
-
-
 def op_kinds(hlo: str) -> dict[str, str]:
-    """The kind of each op of a compiled HLO module that the profiler names: ``random
-    bits`` (a fusion with Threefry's shifts), ``matmul`` (dots, oneDNN/YNNPACK fusions),
-    ``element-wise`` (other ops writing >= 4096 elements: the ``[instances, n|m, batch]``
-    loops) or ``small`` (AdamW on ``[instances, n, m]``, counters, bookkeeping)."""
+    """The kind of each op of a compiled HLO module: random bits (a fusion with Threefry's
+    shifts), matmuls (dots, YNNPACK/oneDNN fusions), element-wise loops (>= 4096 elements
+    out: ``[instances, n|m, batch]``) or small (AdamW, counters, bookkeeping)."""
     bodies, name = {}, None
     for line in hlo.splitlines():
         if line and not line.startswith(" ") and "{" in line:
@@ -212,29 +187,23 @@ def op_kinds(hlo: str) -> dict[str, str]:
 
     def text(comp, depth=0):
         body = "\n".join(bodies.get(comp, []))
-        if depth < 3:
-            for sub in re.findall(r"(?:calls|to_apply)=%([\w.-]+)", body):
-                body += text(sub, depth + 1)
+        for sub in re.findall(r"(?:calls|to_apply)=%([\w.-]+)", body) if depth < 3 else []:
+            body += text(sub, depth + 1)
         return body
 
     kinds = {}
-    for lines in bodies.values():
-        for line in lines:
-            m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\w+)\[([\d,]*)\][^ ]* (\w[\w-]*)\(", line)
-            if not m or m.group(4) in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):
-                continue
-            inner = text(c.group(1)) if (c := re.search(r"calls=%([\w.-]+)", line)) else line
-            size = int(np.prod([int(d) for d in m.group(3).split(",") if d])) if m.group(3) else 1
-            if "shift-left" in inner:
-                kinds[m.group(1)] = "random bits (Threefry)"
-            elif m.group(4) == "dot" or "kind=kCustom" in line or " dot(" in inner:
-                kinds[m.group(1)] = "matmuls (batch contractions)"
-            elif m.group(4) in ("while", "call", "conditional"):
-                continue
-            elif size >= 4096:
-                kinds[m.group(1)] = "element-wise [instances, n|m, batch]"
-            else:
-                kinds[m.group(1)] = "small (AdamW, bookkeeping)"
+    for line in (ln for lines in bodies.values() for ln in lines):
+        m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = (\w+)\[([\d,]*)\][^ ]* (\w[\w-]*)\(", line)
+        if not m or m.group(4) in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast",
+                                   "while", "call", "conditional"):
+            continue
+        inner = text(c.group(1)) if (c := re.search(r"calls=%([\w.-]+)", line)) else line
+        size = int(np.prod([int(d) for d in m.group(3).split(",") if d]))
+        kinds[m.group(1)] = ("random bits (Threefry)" if "shift-left" in inner else
+                             "matmuls (batch contractions)" if m.group(4) == "dot"
+                             or "kind=kCustom" in line or " dot(" in inner else
+                             "element-wise [instances, n|m, batch]" if size >= 4096 else
+                             "small (AdamW, bookkeeping)")
     return kinds
 
 
@@ -282,11 +251,6 @@ print(json.dumps(out))
 def two_devices(steps: int, repeats: int) -> dict:
     """``train_toys`` on one and on two CPU devices (``--xla_force_host_platform_device_count=2``,
     one per core), in a subprocess since the flag must be set before JAX starts."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     repo = str(Path(__file__).resolve().parents[2])
@@ -352,8 +316,10 @@ def main() -> None:
     variants = [("one program", sources, block, toy.make_instance_step),
                 ("  no sampling (the same batch every step)", fixed, block, toy.make_instance_step),
                 ("  loss on the whole batch (not the first 1/8)", full_loss, block, toy.make_instance_step),
-                ("  sampling, forward and loss only (no gradient, no update)", sources, block, forward_only_step),
-                ("  closed-form gradient, plain SGD instead of AdamW", sources, block, sgd_step),
+                ("  sampling, forward and loss only (no gradient, no update)", sources, block,
+                 lambda c, o: ablated_step(c, o, "none")),
+                ("  closed-form gradient, plain SGD instead of AdamW", sources, block,
+                 lambda c, o: ablated_step(c, o, "sgd")),
                 ("  sampler: Threefry-2x32-20 (jax.random's rounds)", src20, block, toy.make_instance_step),
                 ("  sampler: jax.random threefry2x32 (bits)",
                  Sampler(sources.feature_probability, B, N, loss_examples=sources.loss_examples, how="bits"), block, toy.make_instance_step),

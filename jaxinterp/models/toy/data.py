@@ -9,7 +9,7 @@ Sampling draws one 32-bit random word per feature and reads both the mask and th
 from it: with ``u`` uniform in [0, 1], ``u <= p`` has probability ``p``, and given that
 event ``u / p`` is uniform in [0, 1]. So ``x = where(u <= p, u / p, 0)`` has exactly the
 distribution above at half the random bits of drawing mask and value separately (random
-number generation is most of a toy training step on a CPU). Because ``u`` is built from
+number generation is a quarter to a third of a toy training step on a CPU). Because ``u`` is built from
 the integer bits (``bits * 2^-32``, exact for small ``bits``), values stay finely resolved
 even at ``p = 1e-4``.
 
@@ -17,22 +17,19 @@ The words come from the Threefry-2x32 block cipher in counter mode, written out 
 (:func:`cipher_words`): XLA:CPU fuses it into one loop, about 5x faster than
 ``jax.random.bits``, whose CPU lowering runs the rounds as a loop over whole arrays, and
 unlike the faster Philox keys of this JAX version it compiles in sharded programs (its
-``mulhi`` cannot be partitioned). It runs :data:`ROUNDS` = 13 rounds, not the 20 of
-``jax.random``: 13 is the round count Salmon et al. (2011, "Parallel Random Numbers: As
-Easy as 1, 2, 3", Table 2) report as the smallest at which Threefry-2x32 passes all of
-TestU01's BigCrush (Crush-resistant); their 20 rounds add a safety margin against
-cryptanalysis, which a training-data sampler does not need. Random number generation is
-the largest single cost of a toy training step on a CPU, and 13 rounds cut it by a third
-(``experiments/benchmarks/RESULTS_toy.md``). The sampled distribution is tested
-statistically (``tests/models/test_toy.py``: presence rates, Kolmogorov-Smirnov and
-chi-square tests of the values, independence across features, examples, steps and
-instances, and a serial test of consecutive words); ``rounds=20`` reproduces
-``jax.extend.random.threefry_2x32`` bit for bit. Only the trainer's per-step batches use the 13 rounds; one-off draws
-(:func:`sample_features`: fixed training sets, evaluation) keep 20. The counter is
+``mulhi`` cannot be partitioned). The trainer's per-step batches use :data:`ROUNDS` = 13
+rounds, not the 20 of ``jax.random``: Salmon et al. (2011, "Parallel Random Numbers: As
+Easy as 1, 2, 3") report 13 rounds as enough for Threefry-2x32 to pass TestU01's BigCrush
+and use 20 as a safety margin (quoted, not re-run here). 13 rounds cut the sampler's
+cost by a third (``experiments/benchmarks/RESULTS_toy.md``). The sampled distribution is
+tested statistically (``tests/models/test_toy.py``: presence rates, Kolmogorov-Smirnov
+and chi-square tests of the values, independence across features, examples, steps and
+instances, a serial test of consecutive words; those tests fail at 8 rounds and fewer).
+One-off draws (:func:`sample_features`: fixed training sets, evaluation batches) keep 20
+rounds; ``rounds=20`` is ``jax.extend.random.threefry_2x32`` bit for bit. The counter is
 ``(entry, stream)``: :func:`sample_features` keys it with two words drawn from the
-caller's key (stream 0);
-the trainer draws each instance's two key words once and passes the step as the stream,
-so a step costs no key derivation at all.
+caller's key (stream 0); the trainer draws each instance's two key words once and passes
+the step as the stream, so a step costs no key derivation at all.
 
 Hyper-parameters are checked on the host before anything is traced: probabilities must lie
 in [0, 1], importances must be finite, non-negative and one per feature.

@@ -16,16 +16,16 @@ below is vectorised along the batch)::
 is ReLU except for ``"linear"``; ReLU's derivative at 0 is 0, as in ``jax.nn.relu``. The
 contractions are tiny (``n=20, m=5``), and which form XLA:CPU runs fastest was measured
 per contraction (``experiments/benchmarks/RESULTS_toy.md``): ``A^T = W^T X^T`` is a
-matmul (a 20-term unrolled sum read the batch five times and cost ~15% more of the whole
-step); ``W H^T`` and ``W^T D`` are sums of broadcast products (:func:`contract`), which XLA
-fuses with their element-wise neighbours into one vectorised loop (as matmuls the step
-took 1.3-1.5x longer); contractions over the batch are matmuls. The loss is reduced over
-the batch as ``sum_b c_b err^2`` so that XLA fuses the square into the reduction. With
-fresh data every step (:class:`OnlineFeatures`) the trainer reports the loss of the first
-``loss_examples`` (1/8) of each batch, an unbiased estimate of the same expectation, so
-that ``err`` need not be written out for a full-batch reduction: the loss cost ~18% of
-the step; the gradient always uses the whole batch. Autodiff of the same loss gives the same numbers (tested)
-at about twice the time (``experiments/benchmarks/RESULTS_toy.md``). The untied ``abs``
+matmul (as a 20-term unrolled sum the whole step took 10-15% longer); ``W H^T`` and
+``W^T D`` are sums of broadcast products (:func:`contract`), which XLA fuses with their
+element-wise neighbours into one vectorised loop (``W^T D`` as a matmul: 1.5x the step;
+``W H^T``: no gain); contractions over the batch are matmuls. The loss is reduced over
+the batch as ``sum_b c_b err^2``, so XLA fuses the square into the reduction. With fresh
+data every step (:class:`OnlineFeatures`) the trainer reports the loss of the first
+``loss_examples`` (1/8) of each batch, an unbiased estimate of the same expectation,
+so ``err`` is not written out for a full-batch reduction (that cost ~15% of the step);
+the gradient always uses the whole batch. Autodiff of the same loss gives the same
+numbers (tested) at about twice the time (``experiments/benchmarks/RESULTS_toy.md``). The untied ``abs``
 model (:class:`ToyMLP`) uses autodiff.
 
 The step's data is drawn from the instance's two key words with the step index as the
@@ -70,7 +70,7 @@ def tied_loss_and_grad(
     W, variant = model.W, model.variant
     c = (jnp.full((batch,), 1.0 / batch, xt.dtype) if weights is None
          else weights / jnp.maximum(jnp.sum(weights), 1.0))
-    at = W.T @ xt  # [m, B]: a matmul (measured faster here than the unrolled sum)
+    at = W.T @ xt  # [m, B]: a matmul (measured faster here than contract)
     ht = jnp.maximum(at, 0.0) if variant == "hidden_relu" else at
     ot = contract(W.T, ht) + model.b_final[:, None]  # [n, B]
     err = (ot if variant == "linear" else jnp.maximum(ot, 0.0)) - xt

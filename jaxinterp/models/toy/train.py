@@ -11,12 +11,12 @@ and a run is one compiled program per ``log_every`` steps: the instances are cut
 blocks, and for each block ``scan(t, vmap(i in block, step))``, with the data drawn on the
 device, so the host only wakes up to log. Blocks exist for the CPU's caches: a vmap over
 all 256 instances of a ``batch 1024, n 20`` run streams ~21 MB arrays through memory for
-every element-wise op, about 2x slower (in CPU time) than keeping a block's arrays in cache
-for all its steps (``experiments/benchmarks/RESULTS_toy.md``); blocks of 16 instances (a
-few MB, within a quarter of a 32 MB L3) measured fastest, 4 (within L2) about 10% slower. On accelerators a block is every
-instance. The data's random bits come from a fused Threefry keyed by the instance with the
-step as its stream (:func:`cipher_words`), and the gradient is in closed form
-(:mod:`jaxinterp.models.toy.step`).
+every element-wise op, about 1.7x slower (in CPU time) than keeping a block's arrays in
+cache for all its steps (``experiments/benchmarks/RESULTS_toy.md``); blocks of 16
+instances (a few MB, within a quarter of a 32 MB L3) measured fastest, 4 (within L2)
+1.2-1.3x slower. On accelerators a block is every instance. The data's random bits come
+from a fused Threefry-2x32-13 keyed by the instance with the step as its stream
+(:func:`cipher_words`), and the gradient is in closed form (:mod:`jaxinterp.models.toy.step`).
 
 Instances are independent (``vmap`` over model, optimiser state, data source and key), so
 an instance's result is a function of ``(seed, instance index)`` alone: it does not change
@@ -197,7 +197,8 @@ def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
 def block_size(cfg: ToyConfig, train: ToyTrainConfig, batch: int, n_local: int, platform: str) -> int:
     """Instances per vmapped block: ``train.instances_per_block``, else all of them on an
     accelerator, else a power of two whose main step arrays (about ``3 n + 2 m`` floats
-    per example) fit in :data:`CACHE_BYTES` (16 for n=20, m=5, batch 1024; 8 to 32 measure alike)."""
+    per example) fit in :data:`CACHE_BYTES` (16 for n=20, m=5, batch 1024: fastest measured;
+    8 and 32 took 1.1-1.4x as long)."""
     if train.instances_per_block:
         return min(train.instances_per_block, n_local)
     if platform != "cpu":
