@@ -63,6 +63,7 @@ from jaxinterp.models.toy.step import make_instance_step
 
 PRNG_IMPLS = ("threefry2x32", "philox2x32", "rbg", "unsafe_rbg")
 CACHE_BYTES = 8 * 2**20  # per block of instances on CPU: a quarter of the L3 cache (measured best)
+CACHE_BYTES_FIXED = 2 * 2**20  # the same with fixed training sets: about the L2 cache
 SCHEDULES = ("constant", "cosine")
 LOSS_SUBSAMPLE = 8  # fresh batches: the logged loss is measured on 1/8 of each batch
 
@@ -194,17 +195,20 @@ def make_chunk(cfg: ToyConfig, opt: optax.GradientTransformation, length: int,
     return chunk
 
 
-def block_size(cfg: ToyConfig, train: ToyTrainConfig, batch: int, n_local: int, platform: str) -> int:
+def block_size(cfg: ToyConfig, train: ToyTrainConfig, batch: int, n_local: int, platform: str,
+               fixed_data: bool = False) -> int:
     """Instances per vmapped block: ``train.instances_per_block``, else all of them on an
     accelerator, else a power of two whose main step arrays (about ``3 n + 2 m`` floats
-    per example) fit in :data:`CACHE_BYTES` (16 for n=20, m=5, batch 1024: fastest measured;
-    8 and 32 took 1.1-1.4x as long)."""
+    per example) fit in :data:`CACHE_BYTES` (fresh batches: 16 for n=20, m=5, batch 1024,
+    the fastest measured, 8 and 32 took 1.1-1.4x as long) or, for fixed training sets read
+    from memory at every step, :data:`CACHE_BYTES_FIXED` (the double-descent default run
+    took 1.26x the CPU time with the larger budget)."""
     if train.instances_per_block:
         return min(train.instances_per_block, n_local)
     if platform != "cpu":
         return n_local
     per_instance = 4 * batch * (3 * cfg.n_features + 2 * cfg.n_hidden)
-    fit = max(1, CACHE_BYTES // per_instance)
+    fit = max(1, (CACHE_BYTES_FIXED if fixed_data else CACHE_BYTES) // per_instance)
     return min(1 << (fit.bit_length() - 1), n_local)
 
 
@@ -276,7 +280,8 @@ def train_toys(
         if data is not None:  # this group's training sets, without the padding of larger ones
             batch = int(g[1].weights.sum(1).max())
             g = (g[0], FixedDataset(g[1].x[:, :batch], g[1].weights[:, :batch]), *g[2:])
-        block = block_size(cfg, train, batch, math.ceil(len(idx) / n_dev), devices[0].platform)
+        block = block_size(cfg, train, batch, math.ceil(len(idx) / n_dev), devices[0].platform,
+                           fixed_data=data is not None)
         g = jax.device_put(_pad(g, len(idx), math.ceil(len(idx) / (n_dev * block)) * n_dev * block),
                            placement)
         blocks.append(block)
