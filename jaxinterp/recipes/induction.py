@@ -64,9 +64,12 @@ class InductionConfig(AttnOnlyRunConfig):
     """The induction-heads run; zeros mean the defaults (smaller with ``--fast``)."""
 
     name: str = flag("induction", "run folder under runs_dir")
-    steps: int = flag(0, "training steps (0: 4000; fast 300)")
+    lr: float = flag(1e-3, "Adam learning rate (after a linear warm-up)")
+    steps: int = flag(0, "training steps (0: 3000; fast 300)")
     checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25; fast steps / 10)")
-    repeat_fraction: float = flag(0.5, "fraction of windows whose beginning repeats right after it")
+    repeat_fraction: float = flag(0.25, "fraction of windows whose beginning repeats right after it")
+    random_fraction: float = flag(0.75, "fraction of windows holding a random-token segment twice (at random places)")
+    warmup: int = flag(50, "linear learning-rate warm-up steps")
     early: int = flag(3, "ICL score: the early token index")
     late: int = flag(30, "ICL score: the late token index (< seq_len)")
     eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score (fast: at most 128)")
@@ -74,14 +77,18 @@ class InductionConfig(AttnOnlyRunConfig):
     smollm2: bool = flag(True, "also run the detectors and ablations on SmolLM2-135M (GGUF), if installed")
 
     def __post_init__(self):
-        check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "early", "late", "eval_windows", "rep_len"), non_negative=("steps", "checkpoint_every"))
+        check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "early", "late", "eval_windows", "rep_len"), non_negative=("steps", "checkpoint_every", "warmup"))
         if self.early >= self.late:
             raise ConfigError(f"--early {self.early} must be before --late {self.late} (the ICL score compares them)")
+        fractions = (self.repeat_fraction, self.random_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ConfigError(f"--repeat-fraction {self.repeat_fraction} and --random-fraction {self.random_fraction} "
+                              "must be non-negative and add up to at most 1 (they are shares of each batch's windows)")
 
 
 def _sizes(config: InductionConfig) -> InductionConfig:
     fast = is_fast(config)
-    steps = config.steps or (300 if fast else 4000)
+    steps = config.steps or (300 if fast else 3000)
     return dataclasses.replace(config, fast=fast, steps=steps,
                                checkpoint_every=config.checkpoint_every or max(1, steps // (10 if fast else 25)),
                                eval_windows=min(config.eval_windows, 128) if fast else config.eval_windows,
@@ -263,7 +270,8 @@ def run_induction(config: InductionConfig) -> dict:
     start = time.perf_counter()
     data = corpus_data(config.vocab_size)
     spec = AttnOnlySpec(2, config.d_model, config.n_heads, config.seq_len, config.batch_size, config.steps,
-                        config.lr, config.seed, config.repeat_fraction)
+                        config.lr, config.seed, config.repeat_fraction, warmup=config.warmup,
+                        random_fraction=config.random_fraction)
     n_ckpt = config.steps // config.checkpoint_every + 2
     model, train_log = train_attn_only(spec, data, out, "train", checkpoint_every=config.checkpoint_every,
                                        keep_checkpoints=n_ckpt)
