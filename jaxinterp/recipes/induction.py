@@ -5,8 +5,10 @@ the token after an earlier copy of the current token, and copy it) in a sudden p
 change early in training, and that most of the in-context learning ability (later tokens
 are easier than early ones) arrives with them. This run:
 
-1. trains a 2-layer attention-only model on the embedded corpus, checkpointing as it goes
-   (a fraction of the windows repeats its first half: see ``jaxinterp.recipes._attn_only``);
+1. trains a 2-layer attention-only model on the embedded corpus, checkpointing as it goes;
+   a quarter of the windows repeat their beginning and three quarters hold a segment of
+   random tokens twice (see ``jaxinterp.recipes._attn_only``), which brings the phase change
+   within the default 3,000 steps of 32 x 32 tokens;
 2. at every checkpoint measures the loss per token index on held-out text, the
    in-context-learning score (loss at token ``late`` minus loss at token ``early``), and
    every head's previous-token and prefix-matching (induction) scores and the in-context
@@ -21,8 +23,8 @@ Writes ``runs/<name>/``: ``config.json``, ``results.json``, ``report.md``,
 ``train_loss.png``, ``loss_by_position.png``, ``icl_score.png``, ``prefix_matching.png``,
 ``attention.html``, and the checkpoints under ``train/``.
 
-    jaxinterp experiment induction          # 37 min measured on 2 shared cores (load 10-18)
-    jaxinterp experiment induction --fast   # a minute, no phase change expected
+    jaxinterp experiment induction          # ~10 min on 2 shared cores (load 9-10); phase change near step 2,400
+    jaxinterp experiment induction --fast   # 1-3 min, stops before the phase change
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def evaluate(model, windows, rep, n: int, early: int, late: int) -> dict:
     scores = circuits.head_scores(model, rep, detectors=("previous_token", "induction"))
     gain, acc = in_context_gain(model, rep, n)
     return {"loss_by_position": np.asarray(_per_position(model, windows)),
+            "repeated_loss_by_position": np.asarray(_per_position(model, rep)),
             "icl_score": icl_score(model, windows, early, late),
             "previous_token": np.asarray(scores.values[0]), "prefix_matching": np.asarray(scores.values[1]),
             "repeated_gain": gain, "repeated_accuracy": acc}
@@ -166,17 +169,25 @@ def _plots(out: Path, steps: list[int], evals: list[dict], train_log: list[dict]
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
-    fig = figure((7, 4))
-    ax = fig.subplots()
+    fig = figure((11, 4))
+    axes = fig.subplots(1, 2)
     for i, (s, e) in enumerate(zip(steps, evals, strict=True)):
-        ax.plot(np.arange(1, len(e["loss_by_position"]) + 1), e["loss_by_position"], color=cmap(i / max(1, len(steps) - 1)),
-                lw=1.0, label=f"step {s}" if i in (0, len(steps) // 2, len(steps) - 1) else None)
-    ax.set_xscale("log")
-    ax.set_xlabel("token index (log scale)")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title("held-out loss per token index over training (dark: early, yellow: late)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        style = {"color": cmap(i / max(1, len(steps) - 1)), "lw": 1.0,
+                 "label": f"step {s}" if i in (0, len(steps) // 2, len(steps) - 1) else None}
+        for ax, key in zip(axes, ("loss_by_position", "repeated_loss_by_position"), strict=True):
+            ax.plot(np.arange(1, len(e[key]) + 1), e[key], **style)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("token index (log scale)")
+    axes[0].set_title("held-out text", fontsize=10)
+    n = (len(evals[0]["repeated_loss_by_position"])) // 2
+    axes[1].axvline(n + 0.5, color="#888888", lw=0.8, ls="--", label="second copy starts")
+    axes[1].set_xlabel("token index")
+    axes[1].set_title("repeated random tokens [bos, x, x]", fontsize=10)
+    for ax in axes:
+        ax.set_ylabel("loss (nats)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("loss per token index over training (dark: early checkpoints, yellow: late)", fontsize=10)
     save(fig, out / "loss_by_position.png")
 
     def over_steps(name, curves, ylabel, title, hline=None):
@@ -311,6 +322,7 @@ def run_induction(config: InductionConfig) -> dict:
                "prefix_matching": [e["prefix_matching"] for e in evals],
                "previous_token": [e["previous_token"] for e in evals],
                "loss_by_position": [e["loss_by_position"] for e in evals],
+               "repeated_loss_by_position": [e["repeated_loss_by_position"] for e in evals],
                "induction_heads": heads, "ablation": ablation, "smollm2": smol,
                "seconds": time.perf_counter() - start}
     write_run(out, config, results, _report(config, results))
@@ -337,7 +349,7 @@ def _report(config: InductionConfig, r: dict) -> list[str]:
     lines = [f"# {config.name}: in-context learning and induction heads", "",
              f"2-layer attention-only model (d_model {config.d_model}, {config.n_heads} heads), {config.steps} steps "
              f"of {config.batch_size} x {config.seq_len} tokens ({config.repeat_fraction:.0%} of windows repeat their "
-             f"beginning); training took {r['train_seconds']:.0f} s, the whole run {r['seconds']:.0f} s.", "",
+             f"beginning, {config.random_fraction:.0%} hold a random-token segment twice); training took {r['train_seconds']:.0f} s, the whole run {r['seconds']:.0f} s.", "",
              f"Phase change (largest rise of the best prefix-matching score between checkpoints): step "
              f"{r['phase_change_step']}. Best prefix matching {r['prefix_matching_max'][0]:.2f} -> "
              f"{r['prefix_matching_max'][-1]:.2f}; ICL score (loss at token {config.late} - token {config.early}) "
