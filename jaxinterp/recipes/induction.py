@@ -194,7 +194,7 @@ def _plots(out: Path, steps: list[int], evals: list[dict], train_log: list[dict]
         fig = figure((7, 4))
         ax = fig.subplots()
         for label, ys in curves.items():
-            ax.plot(steps, ys, marker="o", ms=2.5, label=label)
+            ax.plot(steps, ys, marker="o", ms=2.5, label=label, ls="--" if label.startswith("L0") else "-")
         if phase is not None:
             ax.axvline(phase, color="#d62728", ls="--", lw=1, label=f"phase change (step {phase})")
         if hline is not None:
@@ -212,7 +212,7 @@ def _plots(out: Path, steps: list[int], evals: list[dict], train_log: list[dict]
     n_layers, n_heads = evals[0]["prefix_matching"].shape
     over_steps("prefix_matching.png", {f"L{lay}H{h}": [e["prefix_matching"][lay, h] for e in evals]
                                        for lay in range(n_layers) for h in range(n_heads)},
-               "prefix-matching score", "prefix matching (induction) score of every head")
+               "prefix-matching score", "prefix matching (induction) score of every head (layer 0 dashed)")
     fig = figure((7, 3.5))
     ax = fig.subplots()
     log = [(m["step"], m["loss"]) for m in train_log if "loss" in m]
