@@ -343,7 +343,10 @@ def _report(config: InductionConfig, r: dict) -> list[str]:
             [f"induction heads {', '.join(f'L{h[0]}H{h[1]}' for h in ab['heads'])}", ab["induction_ablated"]["icl_score"],
              ab["induction_ablated"]["repeated_gain"], ab["induction_ablated"]["repeated_accuracy"]]]
     if ab["control_ablated"]:
-        rows.append([f"{len(ab['heads'])} other heads of the same layer (mean of {len(ab['control_sets'])} random sets)",
+        sets = ab["control_sets"]
+        which = (", ".join(f"L{h[0]}H{h[1]}" for h in sets[0]) if len(sets) == 1
+                 else f"mean of {len(sets)} random sets")
+        rows.append([f"{len(ab['heads'])} other heads ({which})",
                      ab["control_ablated"]["icl_score"], ab["control_ablated"]["repeated_gain"],
                      ab["control_ablated"]["repeated_accuracy"]])
     lines = [f"# {config.name}: in-context learning and induction heads", "",
