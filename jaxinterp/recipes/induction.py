@@ -5,8 +5,10 @@ the token after an earlier copy of the current token, and copy it) in a sudden p
 change early in training, and that most of the in-context learning ability (later tokens
 are easier than early ones) arrives with them. This run:
 
-1. trains a 2-layer attention-only model on the embedded corpus, checkpointing as it goes
-   (a fraction of the windows repeats its first half: see ``jaxinterp.recipes._attn_only``);
+1. trains a 2-layer attention-only model on the embedded corpus, checkpointing as it goes;
+   a quarter of the windows repeat their beginning and three quarters hold a segment of
+   random tokens twice (see ``jaxinterp.recipes._attn_only``), which brings the phase change
+   within the default 3,000 steps of 32 x 32 tokens;
 2. at every checkpoint measures the loss per token index on held-out text, the
    in-context-learning score (loss at token ``late`` minus loss at token ``early``), and
    every head's previous-token and prefix-matching (induction) scores and the in-context
@@ -21,8 +23,8 @@ Writes ``runs/<name>/``: ``config.json``, ``results.json``, ``report.md``,
 ``train_loss.png``, ``loss_by_position.png``, ``icl_score.png``, ``prefix_matching.png``,
 ``attention.html``, and the checkpoints under ``train/``.
 
-    jaxinterp experiment induction          # 37 min measured on 2 shared cores (load 10-18)
-    jaxinterp experiment induction --fast   # a minute, no phase change expected
+    jaxinterp experiment induction          # ~10 min on 2 shared cores (load 9-10); phase change near step 2,400
+    jaxinterp experiment induction --fast   # 1-3 min, stops before the phase change
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ class InductionConfig(AttnOnlyRunConfig):
     """The induction-heads run; zeros mean the defaults (smaller with ``--fast``)."""
 
     name: str = flag("induction", "run folder under runs_dir")
-    steps: int = flag(0, "training steps (0: 4000; fast 300)")
+    lr: float = flag(1e-3, "Adam learning rate (after a linear warm-up)")
+    steps: int = flag(0, "training steps (0: 3000; fast 300)")
     checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25; fast steps / 10)")
-    repeat_fraction: float = flag(0.5, "fraction of windows whose beginning repeats right after it")
+    repeat_fraction: float = flag(0.25, "fraction of windows whose beginning repeats right after it")
+    random_fraction: float = flag(0.75, "fraction of windows holding a random-token segment twice (at random places)")
+    warmup: int = flag(50, "linear learning-rate warm-up steps")
     early: int = flag(3, "ICL score: the early token index")
     late: int = flag(30, "ICL score: the late token index (< seq_len)")
     eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score (fast: at most 128)")
@@ -74,14 +79,18 @@ class InductionConfig(AttnOnlyRunConfig):
     smollm2: bool = flag(True, "also run the detectors and ablations on SmolLM2-135M (GGUF), if installed")
 
     def __post_init__(self):
-        check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "early", "late", "eval_windows", "rep_len"), non_negative=("steps", "checkpoint_every"))
+        check_config(self, positive=("vocab_size", "d_model", "n_heads", "seq_len", "batch_size", "early", "late", "eval_windows", "rep_len"), non_negative=("steps", "checkpoint_every", "warmup"))
         if self.early >= self.late:
             raise ConfigError(f"--early {self.early} must be before --late {self.late} (the ICL score compares them)")
+        fractions = (self.repeat_fraction, self.random_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise ConfigError(f"--repeat-fraction {self.repeat_fraction} and --random-fraction {self.random_fraction} "
+                              "must be non-negative and add up to at most 1 (they are shares of each batch's windows)")
 
 
 def _sizes(config: InductionConfig) -> InductionConfig:
     fast = is_fast(config)
-    steps = config.steps or (300 if fast else 4000)
+    steps = config.steps or (300 if fast else 3000)
     return dataclasses.replace(config, fast=fast, steps=steps,
                                checkpoint_every=config.checkpoint_every or max(1, steps // (10 if fast else 25)),
                                eval_windows=min(config.eval_windows, 128) if fast else config.eval_windows,
@@ -115,6 +124,7 @@ def evaluate(model, windows, rep, n: int, early: int, late: int) -> dict:
     scores = circuits.head_scores(model, rep, detectors=("previous_token", "induction"))
     gain, acc = in_context_gain(model, rep, n)
     return {"loss_by_position": np.asarray(_per_position(model, windows)),
+            "repeated_loss_by_position": np.asarray(_per_position(model, rep)),
             "icl_score": icl_score(model, windows, early, late),
             "previous_token": np.asarray(scores.values[0]), "prefix_matching": np.asarray(scores.values[1]),
             "repeated_gain": gain, "repeated_accuracy": acc}
@@ -159,24 +169,32 @@ def _plots(out: Path, steps: list[int], evals: list[dict], train_log: list[dict]
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
-    fig = figure((7, 4))
-    ax = fig.subplots()
+    fig = figure((11, 4))
+    axes = fig.subplots(1, 2)
     for i, (s, e) in enumerate(zip(steps, evals, strict=True)):
-        ax.plot(np.arange(1, len(e["loss_by_position"]) + 1), e["loss_by_position"], color=cmap(i / max(1, len(steps) - 1)),
-                lw=1.0, label=f"step {s}" if i in (0, len(steps) // 2, len(steps) - 1) else None)
-    ax.set_xscale("log")
-    ax.set_xlabel("token index (log scale)")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title("held-out loss per token index over training (dark: early, yellow: late)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        style = {"color": cmap(i / max(1, len(steps) - 1)), "lw": 1.0,
+                 "label": f"step {s}" if i in (0, len(steps) // 2, len(steps) - 1) else None}
+        for ax, key in zip(axes, ("loss_by_position", "repeated_loss_by_position"), strict=True):
+            ax.plot(np.arange(1, len(e[key]) + 1), e[key], **style)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("token index (log scale)")
+    axes[0].set_title("held-out text", fontsize=10)
+    n = (len(evals[0]["repeated_loss_by_position"])) // 2
+    axes[1].axvline(n + 0.5, color="#888888", lw=0.8, ls="--", label="second copy starts")
+    axes[1].set_xlabel("token index")
+    axes[1].set_title("repeated random tokens [bos, x, x]", fontsize=10)
+    for ax in axes:
+        ax.set_ylabel("loss (nats)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("loss per token index over training (dark: early checkpoints, yellow: late)", fontsize=10)
     save(fig, out / "loss_by_position.png")
 
     def over_steps(name, curves, ylabel, title, hline=None):
         fig = figure((7, 4))
         ax = fig.subplots()
         for label, ys in curves.items():
-            ax.plot(steps, ys, marker="o", ms=2.5, label=label)
+            ax.plot(steps, ys, marker="o", ms=2.5, label=label, ls="--" if label.startswith("L0") else "-")
         if phase is not None:
             ax.axvline(phase, color="#d62728", ls="--", lw=1, label=f"phase change (step {phase})")
         if hline is not None:
@@ -194,7 +212,7 @@ def _plots(out: Path, steps: list[int], evals: list[dict], train_log: list[dict]
     n_layers, n_heads = evals[0]["prefix_matching"].shape
     over_steps("prefix_matching.png", {f"L{lay}H{h}": [e["prefix_matching"][lay, h] for e in evals]
                                        for lay in range(n_layers) for h in range(n_heads)},
-               "prefix-matching score", "prefix matching (induction) score of every head")
+               "prefix-matching score", "prefix matching (induction) score of every head (layer 0 dashed)")
     fig = figure((7, 3.5))
     ax = fig.subplots()
     log = [(m["step"], m["loss"]) for m in train_log if "loss" in m]
@@ -263,7 +281,8 @@ def run_induction(config: InductionConfig) -> dict:
     start = time.perf_counter()
     data = corpus_data(config.vocab_size)
     spec = AttnOnlySpec(2, config.d_model, config.n_heads, config.seq_len, config.batch_size, config.steps,
-                        config.lr, config.seed, config.repeat_fraction)
+                        config.lr, config.seed, config.repeat_fraction, warmup=config.warmup,
+                        random_fraction=config.random_fraction)
     n_ckpt = config.steps // config.checkpoint_every + 2
     model, train_log = train_attn_only(spec, data, out, "train", checkpoint_every=config.checkpoint_every,
                                        keep_checkpoints=n_ckpt)
@@ -303,6 +322,7 @@ def run_induction(config: InductionConfig) -> dict:
                "prefix_matching": [e["prefix_matching"] for e in evals],
                "previous_token": [e["previous_token"] for e in evals],
                "loss_by_position": [e["loss_by_position"] for e in evals],
+               "repeated_loss_by_position": [e["repeated_loss_by_position"] for e in evals],
                "induction_heads": heads, "ablation": ablation, "smollm2": smol,
                "seconds": time.perf_counter() - start}
     write_run(out, config, results, _report(config, results))
@@ -323,13 +343,16 @@ def _report(config: InductionConfig, r: dict) -> list[str]:
             [f"induction heads {', '.join(f'L{h[0]}H{h[1]}' for h in ab['heads'])}", ab["induction_ablated"]["icl_score"],
              ab["induction_ablated"]["repeated_gain"], ab["induction_ablated"]["repeated_accuracy"]]]
     if ab["control_ablated"]:
-        rows.append([f"{len(ab['heads'])} other heads of the same layer (mean of {len(ab['control_sets'])} random sets)",
+        sets = ab["control_sets"]
+        which = (", ".join(f"L{h[0]}H{h[1]}" for h in sets[0]) if len(sets) == 1
+                 else f"mean of {len(sets)} random sets")
+        rows.append([f"{len(ab['heads'])} other heads ({which})",
                      ab["control_ablated"]["icl_score"], ab["control_ablated"]["repeated_gain"],
                      ab["control_ablated"]["repeated_accuracy"]])
     lines = [f"# {config.name}: in-context learning and induction heads", "",
              f"2-layer attention-only model (d_model {config.d_model}, {config.n_heads} heads), {config.steps} steps "
              f"of {config.batch_size} x {config.seq_len} tokens ({config.repeat_fraction:.0%} of windows repeat their "
-             f"beginning); training took {r['train_seconds']:.0f} s, the whole run {r['seconds']:.0f} s.", "",
+             f"beginning, {config.random_fraction:.0%} hold a random-token segment twice); training took {r['train_seconds']:.0f} s, the whole run {r['seconds']:.0f} s.", "",
              f"Phase change (largest rise of the best prefix-matching score between checkpoints): step "
              f"{r['phase_change_step']}. Best prefix matching {r['prefix_matching_max'][0]:.2f} -> "
              f"{r['prefix_matching_max'][-1]:.2f}; ICL score (loss at token {config.late} - token {config.early}) "
