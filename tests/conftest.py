@@ -9,7 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # fifth of its CPU time. LLVM's backend optimisation level 0 compiles about 40% faster and
 # leaves XLA's program (HLO, fusions) as it is, though it rounds slightly differently (no
 # fused multiply-adds); the tiny test shapes never miss the faster code. Set before any
-# backend starts; subprocesses (the CLI tests) and notebook kernels inherit it.
+# backend starts; subprocesses (the CLI tests) and most notebook kernels inherit it
+# (tests/colab/_runner.py).
 from o0_flags import O0_FLAGS  # noqa: E402
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
