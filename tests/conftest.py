@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # fifth of its CPU time. LLVM's backend optimisation level 0 compiles about 40% faster and
 # leaves XLA's program (HLO, fusions) as it is, though it rounds slightly differently (no
 # fused multiply-adds); the tiny test shapes never miss the faster code. Set before any
-# backend starts; subprocesses (the CLI tests) inherit it, notebook kernels do not
+# backend starts; subprocesses (the CLI tests) and most notebook kernels inherit it
 # (tests/colab/_runner.py).
 from o0_flags import O0_FLAGS  # noqa: E402
 
@@ -17,6 +17,29 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *O0_FLAGS]).strip()
 
 import pytest  # noqa: E402
+
+# The files that take longest (CPU seconds on 2 cores), longest first. Under `make test`
+# (`-n auto --dist loadfile`) each file runs whole on one worker and a worker that runs out of
+# work takes the next file in collection order, so these go first and the two workers finish
+# together. xdist's own order (most tests first) started the notebooks last, leaving one
+# worker alone with them at the end. Measure with the CPU-time plugin when a file grows.
+LONGEST_FIRST = (
+    "colab/test_notebooks.py", "colab/test_main_job_notebooks.py", "test_readme.py",
+    "circuits/test_eap.py", "interp/test_activation_patching.py", "sae/test_trainer.py",
+    "models/test_transformer.py", "interp/test_patching_families.py", "models/test_generate.py",
+    "features/test_analysis.py", "models/test_toy_train.py", "interp/test_attribution_patching.py",
+    "test_cli.py", "sae/test_architectures.py", "io/test_hf.py", "models/test_process.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    rank = {f"tests/{name}": i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
 
 
 def _train_ioi(cfg, lr: float, steps: int):
