@@ -30,7 +30,8 @@ from jaxtyping import Array, Float, Int
 from jaxinterp.circuits.graph import Graph
 from jaxinterp.hooks import Handler, handler_scope
 from jaxinterp.models import components as C
-from jaxinterp.models.transformer import HookedTransformer, embed, positions_and_mask, unembed
+from jaxinterp.models.partial import logits_at
+from jaxinterp.models.transformer import HookedTransformer, embed, positions_and_mask
 
 
 class NodeActs(eqx.Module):
@@ -147,7 +148,8 @@ def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas
     resid, (z, mlp_out, x_pre, x_mid) = jax.lax.scan(layer, x0, xs)
     if "final" in deltas:
         resid = resid + deltas["final"]
-    return unembed(model, resid), NodeActs(x0, z, mlp_out if cfg.has_mlp else None), x_pre, x_mid
+    logits = logits_at(model, resid, None, tokens.shape[1])  # positions nobody reads compile away
+    return logits, NodeActs(x0, z, mlp_out if cfg.has_mlp else None), x_pre, x_mid
 
 
 def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) -> Float[Array, "V B P d"]:
