@@ -68,27 +68,14 @@ def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
     return jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:])).mean(0)
 
 
-_CONTRACT_GROUPS = 4  # destination columns in this many groups, each against the sources it reads
-
-
-def _column_groups(valid: np.ndarray) -> list[tuple[int, int, int]]:
-    """``(first column, stop column, rows)``: destinations in contiguous groups, each
-    reading only sources ``< rows`` (later layers' sources never feed earlier nodes)."""
-    V = valid.shape[1]
-    reach = np.array([np.nonzero(valid[:, v])[0].max() + 1 if valid[:, v].any() else 1 for v in range(V)])
-    edges = sorted({round(i * V / _CONTRACT_GROUPS) for i in range(_CONTRACT_GROUPS + 1)})
-    return [(a, b, int(reach[a:b].max())) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
 def _contract(diff: Float[Array, "U B P d"], grads: Float[Array, "V B P d"], valid: np.ndarray) -> Float[Array, "U V"]:
-    """``scores[u, v] = sum_{b,p,d} diff[u] grads[v]`` where ``valid[u, v]`` (else 0):
-    matrix products over the flattened batch, positions and width (XLA's CPU runs the
-    einsum form several times slower), each group of destinations against the sources
-    before it only (about half the work of all pairs)."""
+    """``scores[u, v] = sum_{b,p,d} diff[u] grads[v]`` where ``valid[u, v]`` (else 0): one
+    matrix product over the flattened batch, positions and width. On XLA's CPU the einsum
+    form of it ran several times slower, and so did splitting it into groups of
+    destinations against only the sources before them (half the FLOPs, narrower products)."""
     U, V = diff.shape[0], grads.shape[0]
     d, g = diff.reshape(U, -1).astype(jnp.float32), grads.reshape(V, -1).astype(jnp.float32)
-    blocks = [jnp.pad(d[:rows] @ g[a:b].T, ((0, U - rows), (0, 0))) for a, b, rows in _column_groups(valid)]
-    return jnp.where(jnp.asarray(valid), jnp.concatenate(blocks, axis=1), 0.0)
+    return jnp.where(jnp.asarray(valid), jax.lax.dot_general(d, g, (((1,), (1,)), ((), ()))), 0.0)
 
 
 @eqx.filter_jit
