@@ -68,11 +68,14 @@ def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
     return jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:])).mean(0)
 
 
-def _contract(diff: Float[Array, "U B P d"], grads: Float[Array, "V B P d"]) -> Float[Array, "U V"]:
-    """``scores[u, v] = sum_{b,p,d} diff[u] grads[v]``: one matrix product over the flattened
-    batch, positions and width (XLA's CPU runs the einsum form of it several times slower)."""
+def _contract(diff: Float[Array, "U B P d"], grads: Float[Array, "V B P d"], valid: np.ndarray) -> Float[Array, "U V"]:
+    """``scores[u, v] = sum_{b,p,d} diff[u] grads[v]`` where ``valid[u, v]`` (else 0): one
+    matrix product over the flattened batch, positions and width. On XLA's CPU the einsum
+    form of it ran several times slower, and so did splitting it into groups of
+    destinations against only the sources before them (half the FLOPs, narrower products)."""
     U, V = diff.shape[0], grads.shape[0]
-    return diff.reshape(U, -1).astype(jnp.float32) @ grads.reshape(V, -1).astype(jnp.float32).T
+    d, g = diff.reshape(U, -1).astype(jnp.float32), grads.reshape(V, -1).astype(jnp.float32)
+    return jnp.where(jnp.asarray(valid), jax.lax.dot_general(d, g, (((1,), (1,)), ((), ()))), 0.0)
 
 
 @eqx.filter_jit
@@ -107,8 +110,7 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
             return _grad_at(model, graph, clean, metric, interp=interp, copies=gk.shape[0])[0]
 
         grads = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
-    scores = _contract((corrupt_acts - clean_acts).expand(model), grads)
-    scores = jnp.where(jnp.asarray(graph.valid), scores, 0.0)
+    scores = _contract((corrupt_acts - clean_acts).expand(model), grads, graph.valid)
     return scores, m_clean, batch_mean(metric, corrupt_logits)
 
 

@@ -72,3 +72,22 @@ def test_bad_inputs(hand_model):
                                     jax.random.key(0))
     with pytest.raises(ConfigError, match="at least 2 layers"):
         composition_scores(one_layer, "K")
+
+
+@pytest.mark.parametrize("mode", ["K", "V"])
+def test_rank_deficient_heads(mode):
+    """A head whose W_V (and W_K) lose rank: the Cholesky whitening falls back to the
+    eigendecomposition, and both methods still match the dense products."""
+    import equinox as eqx
+
+    cfg = ji.gpt2_config(d_model=32, n_layers=3, n_heads=2, d_vocab=20, n_ctx=8)
+    model = ji.init_transformer(cfg, jax.random.key(3))
+    attn = model.blocks.attn
+    W_V = attn.W_V.at[0, 1, :, :3].set(0.0)
+    W_K = attn.W_K.at[2, 0, :, 1:].set(0.0)
+    model = eqx.tree_at(lambda m: (m.blocks.attn.W_V, m.blocks.attn.W_K), model, (W_V, W_K))
+    ref = dense_scores(model, mode)
+    for method in ("pairs", "gram"):
+        got = np.asarray(composition_scores(model, mode, method=method))
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-6)
