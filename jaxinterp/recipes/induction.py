@@ -68,13 +68,13 @@ class InductionConfig(AttnOnlyRunConfig):
     name: str = flag("induction", "run folder under runs_dir")
     lr: float = flag(1e-3, "Adam learning rate (after a linear warm-up)")
     steps: int = flag(0, "training steps (0: 3000; fast 300)")
-    checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25; fast steps / 10)")
+    checkpoint_every: int = flag(0, "steps between checkpoints (0: steps / 25; fast steps / 3)")
     repeat_fraction: float = flag(0.25, "fraction of windows whose beginning repeats right after it")
     random_fraction: float = flag(0.75, "fraction of windows holding a random-token segment twice (at random places)")
     warmup: int = flag(50, "linear learning-rate warm-up steps")
     early: int = flag(3, "ICL score: the early token index")
     late: int = flag(30, "ICL score: the late token index (< seq_len)")
-    eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score (fast: at most 128)")
+    eval_windows: int = flag(1024, "held-out windows for the per-position loss and the ICL score (fast: at most 32)")
     rep_len: int = flag(15, "length of each half of the repeated random tokens")
     smollm2: bool = flag(True, "also run the detectors and ablations on SmolLM2-135M (GGUF), if installed")
 
@@ -92,8 +92,8 @@ def _sizes(config: InductionConfig) -> InductionConfig:
     fast = is_fast(config)
     steps = config.steps or (300 if fast else 3000)
     return dataclasses.replace(config, fast=fast, steps=steps,
-                               checkpoint_every=config.checkpoint_every or max(1, steps // (10 if fast else 25)),
-                               eval_windows=min(config.eval_windows, 128) if fast else config.eval_windows,
+                               checkpoint_every=config.checkpoint_every or max(1, steps // (3 if fast else 25)),
+                               eval_windows=min(config.eval_windows, 32) if fast else config.eval_windows,
                                late=min(config.late, config.seq_len - 1), smollm2=config.smollm2 and not fast)
 
 
