@@ -55,7 +55,7 @@ class FrameworkConfig(AttnOnlyRunConfig):
     name: str = flag("framework", "run folder under runs_dir")
     steps_0: int = flag(0, "steps of the 0-layer model (0: 300; fast 40)")
     steps_1: int = flag(0, "steps of the 1-layer model (0: 600; fast 60)")
-    steps_2: int = flag(0, "steps of the 2-layer model (0: 4000; fast 150)")
+    steps_2: int = flag(0, "steps of the 2-layer model (0: 4000; fast 30)")
     repeat_fraction: float = flag(0.5, "fraction of the 2-layer model's windows whose beginning repeats right after it")
     top_tokens: int = flag(300, "most frequent tokens used for bigram and skip-trigram tables")
 
@@ -65,7 +65,7 @@ class FrameworkConfig(AttnOnlyRunConfig):
 
 def _sizes(config: FrameworkConfig) -> FrameworkConfig:
     fast = is_fast(config)
-    pick = {"steps_0": (300, 40), "steps_1": (600, 60), "steps_2": (4000, 150)}
+    pick = {"steps_0": (300, 40), "steps_1": (600, 60), "steps_2": (4000, 30)}
     return dataclasses.replace(config, fast=fast, **{k: getattr(config, k) or v[fast] for k, v in pick.items()})
 
 
