@@ -103,11 +103,17 @@ def _sizes(config: InductionConfig) -> InductionConfig:
 def in_context_gain(model: HookedTransformer, rep: jax.Array, n: int, ivs=()) -> tuple[float, float]:
     """``(loss on the first copy - loss on the second, accuracy on the second)`` of repeated
     tokens ``[bos, x, x]`` (halves of length ``n``), with interventions ``ivs``."""
-    logits = run_with_hooks(model, rep, interventions=list(ivs))
-    losses = token_losses(logits, rep)  # entry i predicts token i + 1
-    first, second = losses[:, 1:n].mean(), losses[:, n + 1:].mean()  # predict tokens 2..n, n+2..2n
+    _, gain, accuracy = _repeated_measures(run_with_hooks(model, rep, interventions=list(ivs)), rep, n)
+    return gain, accuracy
+
+
+def _repeated_measures(logits, rep, n: int) -> tuple[np.ndarray, float, float]:
+    """From one forward pass over ``[bos, x, x]``: the mean loss per position, the in-context
+    gain and the accuracy on the second copy (see :func:`in_context_gain`)."""
+    per_position = np.asarray(token_losses(logits, rep).mean(0))  # entry i predicts token i + 1
+    gain = per_position[1:n].mean() - per_position[n + 1:].mean()  # predict tokens 2..n, n+2..2n
     accuracy = (logits[:, n + 1:-1].argmax(-1) == rep[:, n + 2:]).mean()
-    return float(first - second), float(accuracy)
+    return per_position, float(gain), float(accuracy)
 
 
 def icl_score(model, windows, early, late, ivs=()) -> float:
@@ -120,12 +126,17 @@ def _per_position(model, windows):
     return token_losses(model(windows), windows).mean(0)
 
 
+_logits = eqx.filter_jit(lambda model, tokens: model(tokens))
+
+
 def evaluate(model, windows, rep, n: int, early: int, late: int) -> dict:
+    """Every per-checkpoint measurement from one forward pass over each batch (and the
+    detectors' cached run)."""
     scores = circuits.head_scores(model, rep, detectors=("previous_token", "induction"))
-    gain, acc = in_context_gain(model, rep, n)
-    return {"loss_by_position": np.asarray(_per_position(model, windows)),
-            "repeated_loss_by_position": np.asarray(_per_position(model, rep)),
-            "icl_score": icl_score(model, windows, early, late),
+    text = np.asarray(_per_position(model, windows))
+    repeated, gain, acc = _repeated_measures(_logits(model, rep), rep, n)
+    return {"loss_by_position": text, "repeated_loss_by_position": repeated,
+            "icl_score": float(text[late - 1] - text[early - 1]),
             "previous_token": np.asarray(scores.values[0]), "prefix_matching": np.asarray(scores.values[1]),
             "repeated_gain": gain, "repeated_accuracy": acc}
 
