@@ -85,7 +85,11 @@ def test_browser_in_chromium(site):
     alive = [i for i in range(analysis.d_sae) if peaks[i, 0] >= 0 and decode(peaks[i, 0]).strip()]
     target = max(alive, key=lambda i: analysis.top["values"][i, 0])
     token = decode(peaks[target, 0])
+    from playwright.sync_api import expect
+
     errors, dialogs = [], []
+    # Waits go through Playwright's selector engine, never a JavaScript string: the page's
+    # Content Security Policy forbids eval, and a polled wait_for_function predicate uses it.
     with browser_shots.headless_chromium() as browser:
         page, load_ms = browser_shots.open_page(browser, index)
         page.set_default_timeout(120_000)  # Playwright's 30 s is too short on a loaded 2-core machine
@@ -95,7 +99,7 @@ def test_browser_in_chromium(site):
         assert page.inner_text("#count").startswith(f"{analysis.d_sae} of {analysis.d_sae}")
         assert page.title() == '<script>x</script> "run"'                       # the title is text
         page.fill("#search", token)
-        page.wait_for_function(f"document.querySelector('#rows tr[data-feature=\"{target}\"]') !== null")
+        page.wait_for_selector(f"#rows tr[data-feature='{target}']")
         page.click(f"#rows tr[data-feature='{target}'] a")
         page.wait_for_selector("#top-contexts")
         assert page.inner_text("#feature-title") == f"Feature {target}"
@@ -105,19 +109,19 @@ def test_browser_in_chromium(site):
         assert hover.startswith("activation ")
         neighbour = int(analysis.neighbours["index"][target, 0])
         page.click("#neighbours a")
-        page.wait_for_function(f"document.querySelector('#feature-title').textContent === 'Feature {neighbour}'")
+        expect(page.locator("#feature-title")).to_have_text(f"Feature {neighbour}", timeout=120_000)
         # the corpus text with <script>, <img onerror> and "</script> is shown as text
         page.evaluate("location.hash = ''")
         page.fill("#passage-text", "<script>window.__pwned")
         page.click("#passage-go")
-        page.wait_for_function("document.querySelector('#passage').textContent.length > 0")
+        page.wait_for_selector("#passage .tok")
         shown = page.inner_text("#passage")
         assert "<script>window.__pwned = 1</script>" in shown and '<img src=x onerror="window.__pwned = 2">' in shown
         assert '"</script><script>window.__pwned = 3</script>' in shown
         page.click("#passage .tok")
         assert page.locator("#token-features a").count() >= 1
         page.fill("#search", "onerror")
-        page.wait_for_function("document.querySelector('#rows tr[data-feature=\"0\"]') !== null")
+        page.wait_for_selector("#rows tr[data-feature='0']")
         assert '<img src=x onerror="window.__pwned = 4"> name' in page.inner_text("#rows")
         assert page.evaluate("window.__pwned") is None
         assert page.locator("img").count() == 0
