@@ -70,17 +70,47 @@ def _train_ioi(cfg, lr: float, steps: int):
     return eqx.combine(params, static)
 
 
+def _trained_once(tmp_path_factory, name: str, cfg, lr: float, steps: int):
+    """``_train_ioi(cfg, lr, steps)``, trained once per test run: under xdist the first worker
+    to ask trains and saves the weights (npz) in the run's shared temporary folder, and the
+    others wait for it and load them (bitwise the same model; the data and seeds are fixed)."""
+    import fcntl
+
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    from jaxinterp.models import init_transformer
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _train_ioi(cfg, lr, steps)
+    root = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
+    path = root / f"{name}-{steps}.npz"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not path.exists():
+            model = _train_ioi(cfg, lr, steps)
+            leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
+            np.savez(root / f"{name}.tmp.npz", *[np.asarray(x) for x in leaves])
+            os.replace(root / f"{name}.tmp.npz", path)
+            return model
+    params, static = eqx.partition(init_transformer(cfg, jax.random.key(0)), eqx.is_inexact_array)
+    with np.load(path, allow_pickle=False) as f:
+        leaves = [jax.numpy.asarray(f[f"arr_{i}"]) for i in range(len(f.files))]
+    return eqx.combine(jax.tree.unflatten(jax.tree.structure(params), leaves), static)
+
+
 @pytest.fixture(scope="session")
-def ioi_model():
+def ioi_model(tmp_path_factory):
     """A 2-layer d_model 32 model trained on IOI to 100% accuracy in a few seconds (the interp
     and circuits tests share it)."""
     from jaxinterp.recipes.ioi import ioi_config
 
-    return _train_ioi(ioi_config(d_model=32, n_heads=4), 4e-3, 350)
+    return _trained_once(tmp_path_factory, "ioi_model", ioi_config(d_model=32, n_heads=4), 4e-3, 350)
 
 
 @pytest.fixture(scope="session")
-def ioi_gemma2():
+def ioi_gemma2(tmp_path_factory):
     """A 2-layer Gemma 2 (a local layer with a 12-token window, then a global one) trained on
     IOI to 100% accuracy: the window hides the first name from the answer position in layer 0."""
     from jaxinterp.data.ioi import TEMPLATE, VOCAB
@@ -89,4 +119,4 @@ def ioi_gemma2():
     cfg = gemma2_config(d_model=32, n_layers=2, n_heads=4, n_key_value_heads=2, d_head=8, d_mlp=64,
                         d_vocab=len(VOCAB), n_ctx=len(TEMPLATE), window_size=12, query_pre_attn_scalar=8.0,
                         attn_types=("local", "global"), init_range=0.05)
-    return _train_ioi(cfg, 1e-2, 200)
+    return _trained_once(tmp_path_factory, "ioi_gemma2", cfg, 1e-2, 200)

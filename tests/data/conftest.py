@@ -2,9 +2,13 @@
 
 Every test here sees ``JAXINTERP_CACHE`` pointing at the same temporary directory, so the
 embedded corpus is built once (a few seconds) on first use and reused by later tests,
-and nothing is written to the user's real cache.
+and nothing is written to the user's real cache. Under xdist the corpus files are built
+once per test run (by the first worker to ask, in the run's shared temporary folder) and
+copied into each worker's private cache.
 """
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,34 @@ import pytest
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("jaxinterp_cache")
+    path = tmp_path_factory.mktemp("jaxinterp_cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _copy_corpus_built_once(tmp_path_factory.getbasetemp().parent, path)
+    return path
+
+
+def _copy_corpus_built_once(run_root: Path, cache: Path) -> None:
+    import fcntl
+
+    from jaxinterp.data import load_corpus
+
+    built = run_root / "jaxinterp_corpus"
+    with open(run_root / "jaxinterp_corpus.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not built.is_dir():
+            tmp = run_root / "jaxinterp_corpus.tmp"
+            old = os.environ.get("JAXINTERP_CACHE")
+            os.environ["JAXINTERP_CACHE"] = str(tmp)
+            try:
+                load_corpus()  # writes the default, python and bible corpora
+            finally:
+                if old is None:
+                    del os.environ["JAXINTERP_CACHE"]
+                else:
+                    os.environ["JAXINTERP_CACHE"] = old
+            tmp.rename(built)
+    for f in built.glob("corpus-*.txt"):
+        shutil.copy(f, cache / f.name)
 
 
 @pytest.fixture(autouse=True)
