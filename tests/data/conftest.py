@@ -2,9 +2,10 @@
 
 Every test here sees ``JAXINTERP_CACHE`` pointing at the same temporary directory, so the
 embedded corpus is built once (a few seconds) on first use and reused by later tests,
-and nothing is written to the user's real cache. Under xdist the corpus files are built
-once per test run (by the first worker to ask, in the run's shared temporary folder) and
-copied into each worker's private cache.
+and nothing is written to the user's real cache. Under xdist the tests that read the
+corpus (``pytest.mark.usefixtures("built_corpus")``) get its files built once per test
+run, by the first worker to ask, in the run's shared temporary folder, and copied into
+each worker's private cache.
 """
 
 import os
@@ -16,10 +17,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("jaxinterp_cache")
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        _copy_corpus_built_once(tmp_path_factory.getbasetemp().parent, path)
-    return path
+    return tmp_path_factory.mktemp("jaxinterp_cache")
+
+
+@pytest.fixture(scope="session")
+def built_corpus(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # alone, the first load_corpus() builds it
+        _copy_corpus_built_once(tmp_path_factory.getbasetemp().parent, shared_cache)
 
 
 def _copy_corpus_built_once(run_root: Path, cache: Path) -> None:

@@ -147,6 +147,7 @@ def test_tokenize_corpus_separates_documents_and_caches():
         tokenize_corpus("abc", tok)
 
 
+@pytest.mark.usefixtures("built_corpus")  # conftest.py
 def test_whole_corpus_to_batches():
     tok = ByteTokenizer(eos_token=EOS)
     docs = load_corpus("bible")[:50]

@@ -8,6 +8,8 @@ from jaxinterp.data import cache_dir, corpus_text, corpus_version, load_corpus, 
 from jaxinterp.data.corpus import _bible_docs, _module_skeleton
 from jaxinterp.errors import DataError
 
+pytestmark = pytest.mark.usefixtures("built_corpus")  # conftest.py
+
 
 def test_default_corpus_mixes_bible_and_python():
     docs = load_corpus()

@@ -17,6 +17,8 @@ from jaxinterp.data import (
 )
 from jaxinterp.errors import DataError, TokenError
 
+pytestmark = pytest.mark.usefixtures("built_corpus")  # conftest.py
+
 TEXTS = [
     "Hello, world!",
     "def f(x):\n    return x ** 2  # squares\n",
