@@ -14,6 +14,7 @@ share the compiled programs of the library functions they call. A cell that rais
 test with the cell's source.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -36,26 +37,51 @@ INDEPENDENT = [p for p in ALL if p not in MAIN_JOB]
 RUN_BOUND = ("06", "11", "12", "13")
 
 
-def run_notebook(path: Path, runs_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def run_notebook(path: Path, runs_dir: Path, tmp_path: Path, monkeypatch, kernel=None) -> None:
+    """Runs ``path`` in fast mode over ``runs_dir``: a run-bound notebook in ``kernel`` (see
+    :func:`default_level_kernel`), any other in this process."""
     monkeypatch.setenv("JAXINTERP_FAST", "1")
     monkeypatch.setenv("JAXINTERP_RUNS_DIR", str(runs_dir))
     nb = nbformat.read(path, as_version=4)
     first = nb.cells[0].source if nb.cells[0].cell_type == "code" else nb.cells[1].source
     assert "pip install" in first, "notebooks start with a Colab install cell"
     if path.name[:2] in RUN_BOUND:
-        flags = os.environ.get("XLA_FLAGS", "").split()
-        monkeypatch.setenv("XLA_FLAGS", " ".join(f for f in flags if f not in O0_FLAGS))
-        _run_in_kernel(nb, tmp_path)
+        assert kernel is not None, f"{path.name} runs in a kernel at XLA's default level"
+        _run_in_kernel(nb, kernel, tmp_path, {"JAXINTERP_FAST": "1", "JAXINTERP_RUNS_DIR": str(runs_dir)})
     else:
         monkeypatch.chdir(tmp_path)
         _run_in_process(nb, path.name)
 
 
-def _run_in_kernel(nb, cwd: Path) -> None:
+@contextlib.contextmanager
+def default_level_kernel(cwd: Path):
+    """One Jupyter kernel, compiling at XLA's default level, for the run-bound notebooks of a
+    test file (each starts with ``%reset -f``: a fresh namespace, as in process). Shut down on
+    exit, so that its CPU time counts in the last test's teardown."""
     nbclient = pytest.importorskip("nbclient")
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(cwd)}})
-    client.execute()
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.utils import run_sync
+
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in O0_FLAGS]
+    km = AsyncKernelManager(kernel_name="python3")
+    run_sync(km.start_kernel)(env={**os.environ, "XLA_FLAGS": " ".join(flags)}, cwd=str(cwd))
+    try:
+        yield km, nbclient
+    finally:
+        run_sync(km.shutdown_kernel)(now=True)
+
+
+def _run_in_kernel(nb, kernel, cwd: Path, env: dict) -> None:
+    km, nbclient = kernel
+    prelude = [nbformat.v4.new_code_cell(f"import os\nos.chdir({str(cwd)!r})\nos.environ.update({env!r})"),
+               nbformat.v4.new_code_cell("%reset -f")]
+    nb.cells = prelude + nb.cells
+    client = nbclient.NotebookClient(nb, km=km, timeout=600, resources={"metadata": {"path": str(cwd)}})
+    try:
+        client.execute()
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, errors
