@@ -319,7 +319,10 @@ def run_induction(config: InductionConfig) -> dict:
     _plots(out, steps, evals, train_log, phase)
     final = evals[-1]
     heads = induction_heads(final["prefix_matching"])
-    ablation = ablation_study(model, heads, windows, windows, rep, n, config.early, config.late, key)
+    # fast mode: 2 random control sets instead of 8 (each costs two forward passes with hooks; the
+    # fast run stops before induction heads form, so its notebook asserts nothing about them)
+    ablation = ablation_study(model, heads, windows, windows, rep, n, config.early, config.late, key,
+                              n_controls=2 if config.fast else 8)
     _, cache = run_with_cache(model, rep[:1], names="blocks.*.attn.hook_pattern")
     labels = [data.tokenizer.decode([int(t)]) for t in rep[0]]
     attention_html(cache.stacked("blocks.*.attn.hook_pattern")[:, 0], labels,
