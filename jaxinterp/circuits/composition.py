@@ -11,28 +11,40 @@ induction heads built on a previous-token head), ``W_V^B W_O^B`` for V-compositi
 TransformerLens's ``all_composition_scores`` (same definition, same ``[n_layers, n_heads,
 n_layers, n_heads]`` layout, zero unless B sits in a later layer than A).
 
-**Whitening.** Every matrix is a rank-``d_head`` product, ``W_A = A_1 B_1`` (``A_1 [d_model, d_head]``),
-``W_B = A_2 B_2``. With the ``d_head x d_head`` Grams ``G_A = A_1^T A_1`` and
-``G_D = B_2 B_2^T``,
+**Factored forms.** Every matrix is a rank-``d_head`` product, ``W_A = A_1 B_1``
+(``A_1 [d_model, d_head]``), ``W_B = A_2 B_2``. With the ``d_head x d_head`` Grams
+``G_A = A_1^T A_1`` and ``G_D = B_2 B_2^T``,
 
-    ||W_A W_B||_F^2 = tr(M^T G_A M G_D),  M = B_1 A_2             (d_head x d_head)
-                    = ||P_A Q_B||_F^2,  P_A = R_A B_1,  Q_B = A_2 R_D^T   (R^T R = G, Cholesky)
-                    = < W_A^T W_A , W_B W_B^T >_F = < B_1^T G_A B_1 , A_2 G_D A_2^T >_F
+    ||W_A W_B||_F^2 = ||P_A Q_B||_F^2,  P_A = R_A B_1,  Q_B = A_2 R_D^T    (R^T R = G)
+                    = < W_A^T W_A , W_B W_B^T >_F = < B_1^T (G_A B_1) , A_2 (G_D A_2^T) >_F
 
-Two exact methods follow, both large matrix products over stacked heads:
+and the norms ``||W_A||_F^2 = <G_A, B_1 B_1^T>`` need only ``d_head``-sized pieces. Two
+exact methods follow:
 
-* ``"pairs"``: the whitened ``P`` rows of the earlier heads ``[heads d_head, d_model]``
-  times the ``Q`` columns of the later ones, squared and summed per ``d_head x d_head``
-  block: ``2 d_head^2 d_model`` FLOPs a pair.
-* ``"gram"``: every head's ``d_model x d_model`` Gram (``W_A^T W_A``, ``W_B W_B^T``:
-  ``2 d_head d_model^2`` a head, only the blocks on and above the diagonal, as the Grams
-  are symmetric), then one ``[heads, packed] x [packed, heads]`` product: about
-  ``d_model^2`` a pair. It wins once a head meets more than about ``d_model / d_head``
-  later heads (12 layers, d_model 768, 12 heads: 23.9 GFLOP a mode, "pairs" 72.2).
+* ``"gram"``: the ``d_model x d_model`` Grams ``W_A^T W_A`` and ``W_B W_B^T`` of every head,
+  one ``b x b`` block (``b`` about 128) at a time: for each block pair on or above the
+  diagonal (the others by symmetry, weight 2), the blocks of all earlier and all later
+  heads are formed (``[heads, e, b]^T [heads, e, b]``) and their inner products
+  ``[heads, b b] x [b b, heads]`` added at once, in one ``lax.scan``. No Gram is ever held
+  whole: a whole one is ``d_model^2`` floats a head (311 MB for 132 heads), and on CPU
+  writing such fresh buffers costs more in page faults than the products themselves.
+  About ``d_model^2`` FLOPs a pair plus ``2 d_head d_model^2`` a head.
+* ``"pairs"``: the whitened ``P`` rows of an earlier layer's heads ``[H e, d]`` times the
+  ``Q`` columns of a later layer's ``[d, H e]``, squared and summed per ``e x e`` block,
+  one (earlier layer, later layer) tile per ``lax.scan`` step (``R`` from the
+  eigendecomposition, so a head with zero weights is exact too): ``2 d_head^2 d_model``
+  FLOPs a pair, in well-shaped ``768^3``-like products.
 
-TransformerLens sets every pair whose second head is not in a later layer to zero; those
-are skipped: the earlier heads go in groups of layers, each against the later layers only.
-:func:`flop_count` counts both methods; the cheaper is used.
+TransformerLens sets every pair whose second head is not in a later layer to zero: "pairs"
+skips them, "gram" computes them (its inner products are cheap) and masks them.
+
+**Which method.** :func:`flop_count` counts both; the choice follows measured cost, not
+FLOPs alone: on the 2-core CPU (12 layers, d_model 768) "gram" ran its 27 GFLOP at about
+40 GFLOP per CPU-second and "pairs" its 64 at about 56 (its products have inner dimension
+``d_model``, "gram"'s ``d_head``), so "gram" is picked when its FLOPs divided by 0.7 are
+fewer than those of "pairs" (2 layers: "pairs"; 12 layers: "gram", 1.7x faster measured).
+Each method is one compiled program with one scanned body, so compile time does not grow
+with depth.
 """
 
 from __future__ import annotations
@@ -54,10 +66,9 @@ MODES = ("Q", "K", "V")
 METHODS = ("pairs", "gram")
 AXES = ("src_layer", "src_head", "dst_layer", "dst_head")
 _BLOCK = 128  # "gram": the d_model axis in blocks of about this size
-# Measured on the 2-core CPU (12 layers, d_model 768): "gram" reaches about 40% of the
-# rate of "pairs" (its products have d_head = 64 as inner dimension and its Grams are large
-# fresh buffers), so the method is picked on FLOPs / rate, not FLOPs alone.
-_GRAM_RATE_RATIO = 0.4
+# Measured rate of "gram" over that of "pairs" (FLOPs per CPU-second, 2-core CPU, 12 layers,
+# d_model 768: 39.5 and 55.9); the method is picked on FLOPs / rate (module docstring).
+_GRAM_RATE_RATIO = 0.7
 
 
 def _t(x: Array) -> Array:
@@ -171,7 +182,7 @@ def composition_scores(model: HookedTransformer, mode: str, *, method: str | Non
       mode: ``"Q"``, ``"K"`` or ``"V"``: which input of the later head reads the earlier
         head's OV output.
       method: ``"pairs"`` or ``"gram"`` (see the module docstring); ``None`` picks the one
-        with fewer FLOPs. Both give the same scores.
+        expected to run faster (FLOPs over measured rates). Both give the same scores.
 
     Returns:
       :class:`NamedArray` ``[src_layer, src_head, dst_layer, dst_head]`` (``.top(5)`` lists
