@@ -100,17 +100,21 @@ def bench_composition(n_layers: int, tl_repeat: int) -> None:
         def ours(mode=mode):
             return circuits.composition_scores(model, mode).values
 
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(ours())
-        first = time.perf_counter() - t
-        tl_times, our_times, rates = [], [], []
+        first, first_cpu = time.perf_counter() - t, time.process_time() - c
+        tl_times, tl_cpus, our_times, our_cpus, rates = [], [], [], [], []
         for _ in range(tl_repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             ref = tl.all_composition_scores(mode)
             tl_times.append(time.perf_counter() - t)
+            tl_cpus.append(time.process_time() - c)
             rates.append(matmul_rate())
+            c = time.process_time()
             our_times.append(timed(ours, repeat=3)[1])
+            our_cpus.append((time.process_time() - c) / 4)  # the first of timed's 4 calls is warm too
         tl_time, steady, rate = (statistics.median(x) for x in (tl_times, our_times, rates))
+        tl_cpu, steady_cpu = statistics.median(tl_cpus), statistics.median(our_cpus)
         err = float(np.abs(np.asarray(ours()) - ref.detach().numpy()).max())
         print(f"mode {mode}: TransformerLens {tl_time:.2f} s | ours first call {first:.3f} s "
               f"({tl_time / first:.1f}x, target 20x: {'met' if tl_time / first >= 20 else 'NOT met'}), "
@@ -118,6 +122,9 @@ def bench_composition(n_layers: int, tl_repeat: int) -> None:
               f"{'met' if tl_time / steady >= 50 else 'NOT met'}) | {flops / steady / 1e9:.1f} GFLOP/s, "
               f"{100 * flops / steady / 1e9 / rate:.0f}% of a 2048^2 matrix product's {rate:.1f} GFLOP/s "
               f"| max |diff| {err:.1e}", flush=True)
+        print(f"        CPU-seconds (all threads; robust to other processes' load): TransformerLens {tl_cpu:.2f} | "
+              f"ours first call {first_cpu:.3f} ({tl_cpu / first_cpu:.1f}x), steady {steady_cpu:.3f} "
+              f"({tl_cpu / steady_cpu:.1f}x)", flush=True)
 
 
 def paired_ratio(fn, base, repeat: int = 5) -> tuple[float, float, float]:
