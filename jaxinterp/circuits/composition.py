@@ -144,7 +144,8 @@ def _pairs_num(A1, B1, A2, B2, n: int, H: int) -> Array:
 
 def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: str | None = None) -> tuple[str, float]:
     """``(method, FLOPs)`` of :func:`composition_scores` (a multiply-add counts 2);
-    ``method=None`` picks the one expected to run faster (FLOPs over measured rates)."""
+    ``method=None`` picks the one expected to run faster (FLOPs over measured rates), and
+    "gram" from 3 layers on (see the comment below)."""
     L, H, d, e = n_layers, n_heads, d_model, d_head
     N = (L - 1) * H  # earlier heads = later heads
     nb = _n_blocks(d)
@@ -154,7 +155,10 @@ def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: s
     tiles = (L - 1) * L // 2
     pairs = 2 * N * (2.0 * d * e * e + 9.0 * e**3 + 2.0 * e * e * d) + tiles * 2.0 * (H * e) ** 2 * d
     if method is None:
-        method = "pairs" if pairs <= gram / _GRAM_RATE_RATIO else "gram"
+        # From 3 layers on, "pairs" deadlocked in XLA CPU's YNNPACK fusion at the default
+        # flags (jaxlib 0.10.2: 3 hangs in 5 fresh runs at 3 layers, none with the fusion
+        # off; RESULTS_circuits.md) while "gram" ran 5 in 5; so it is only picked below that.
+        method = "pairs" if L < 3 and pairs <= gram / _GRAM_RATE_RATIO else "gram"
     return method, gram if method == "gram" else pairs
 
 
