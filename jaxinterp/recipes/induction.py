@@ -117,8 +117,14 @@ def _repeated_measures(logits, rep, n: int) -> tuple[np.ndarray, float, float]:
 
 
 def icl_score(model, windows, early, late, ivs=()) -> float:
-    losses = token_losses(run_with_hooks(model, windows, interventions=list(ivs)), windows)
-    return float((losses[:, late - 1] - losses[:, early - 1]).mean())
+    per_position = token_losses(run_with_hooks(model, windows, interventions=list(ivs)), windows).mean(0)
+    return _icl(per_position, early, late)
+
+
+def _icl(per_position, early: int, late: int) -> float:
+    """The ICL score from the mean loss per position (entry ``i`` predicts token ``i + 1``):
+    the loss at the late token minus the loss at the early one."""
+    return float(per_position[late - 1] - per_position[early - 1])
 
 
 @eqx.filter_jit
@@ -136,7 +142,7 @@ def evaluate(model, windows, rep, n: int, early: int, late: int) -> dict:
     text = np.asarray(_per_position(model, windows))
     repeated, gain, acc = _repeated_measures(_logits(model, rep), rep, n)
     return {"loss_by_position": text, "repeated_loss_by_position": repeated,
-            "icl_score": float(text[late - 1] - text[early - 1]),
+            "icl_score": _icl(text, early, late),
             "previous_token": np.asarray(scores.values[0]), "prefix_matching": np.asarray(scores.values[1]),
             "repeated_gain": gain, "repeated_accuracy": acc}
 
