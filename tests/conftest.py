@@ -74,32 +74,24 @@ def _train_ioi(cfg, lr: float, steps: int):
 
 def _trained_once(tmp_path_factory, name: str, cfg, lr: float, steps: int):
     """``_train_ioi(cfg, lr, steps)``, trained once per test run: under xdist the first worker
-    to ask trains and saves the weights (npz) in the run's shared temporary folder, and the
-    others wait for it and load them (bitwise the same model; the data and seeds are fixed)."""
-    import fcntl
-
-    import equinox as eqx
+    to ask trains and saves the weights in the run's shared temporary folder, and the others
+    wait for it and load them (bitwise the same model; the data and seeds are fixed)."""
     import jax
-    import numpy as np
+    from run_once import run_folder, run_lock
 
+    from jaxinterp.io.weights import load_weights, save_weights
     from jaxinterp.models import init_transformer
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    root = run_folder(tmp_path_factory)
+    if root is None:
         return _train_ioi(cfg, lr, steps)
-    root = tmp_path_factory.getbasetemp().parent  # this run's folder, shared by its workers
-    path = root / f"{name}-{steps}.npz"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    path = root / f"{name}-{steps}.safetensors"
+    with run_lock(root, name):
         if not path.exists():
             model = _train_ioi(cfg, lr, steps)
-            leaves = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-            np.savez(root / f"{name}.tmp.npz", *[np.asarray(x) for x in leaves])
-            os.replace(root / f"{name}.tmp.npz", path)
+            save_weights(path, model)  # atomic: written aside, then renamed
             return model
-    params, static = eqx.partition(init_transformer(cfg, jax.random.key(0)), eqx.is_inexact_array)
-    with np.load(path, allow_pickle=False) as f:
-        leaves = [jax.numpy.asarray(f[f"arr_{i}"]) for i in range(len(f.files))]
-    return eqx.combine(jax.tree.unflatten(jax.tree.structure(params), leaves), static)
+    return load_weights(path, init_transformer(cfg, jax.random.key(0)))
 
 
 @pytest.fixture(scope="session")

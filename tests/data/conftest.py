@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from run_once import run_folder, run_lock  # tests/run_once.py
 
 
 @pytest.fixture(scope="session")
@@ -22,18 +23,16 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def built_corpus(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # alone, the first load_corpus() builds it
-        _copy_corpus_built_once(tmp_path_factory.getbasetemp().parent, shared_cache)
+    root = run_folder(tmp_path_factory)
+    if root is not None:  # alone, the first load_corpus() builds it
+        _copy_corpus_built_once(root, shared_cache)
 
 
 def _copy_corpus_built_once(run_root: Path, cache: Path) -> None:
-    import fcntl
-
     from jaxinterp.data import load_corpus
 
     built = run_root / "jaxinterp_corpus"
-    with open(run_root / "jaxinterp_corpus.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with run_lock(run_root, "jaxinterp_corpus"):
         if not built.is_dir():
             tmp = run_root / "jaxinterp_corpus.tmp"
             old = os.environ.get("JAXINTERP_CACHE")
