@@ -11,10 +11,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # fused multiply-adds); the tiny test shapes never miss the faster code. Set before any
 # backend starts; subprocesses (the CLI tests) and most notebook kernels inherit it
 # (tests/colab/_runner.py).
-from o0_flags import O0_FLAGS, OPTIMISED  # noqa: E402
+from o0_flags import COMPILE_FAST_FLAGS, O0_FLAGS, OPTIMISED  # noqa: E402
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *O0_FLAGS]).strip()
+if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] = " ".join([os.environ["XLA_FLAGS"], *COMPILE_FAST_FLAGS])
 
 import pytest  # noqa: E402
 
