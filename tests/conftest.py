@@ -2,7 +2,6 @@
 test process that several packages' tests use."""
 
 import os
-import sys
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,9 +20,6 @@ if "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
 
 import pytest  # noqa: E402
 
-# Programs that compiled faster than this are not written to the shared compilation cache.
-CACHE_MIN_COMPILE_SECS = float(os.environ.get("SUITE7_CACHE_MIN", "0"))
-
 # The files that take longest (CPU seconds on 2 cores), longest first. Under `make test`
 # (`-n auto --dist loadfile`) each file runs whole on one worker and a worker that runs out of
 # work takes the next file in collection order, so these go first and the two workers finish
@@ -38,32 +34,9 @@ LONGEST_FIRST = (
 )
 
 
-@pytest.hookimpl(trylast=True)  # after pytest's own tmp_path_factory is made
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # xdist: keep the order below
         config.option.loadscopereorder = False
-    _share_compiled_programs(config)
-
-
-def _share_compiled_programs(config):
-    """JAX's persistent compilation cache in the run's shared temporary folder (empty at the
-    start of every run, so nothing survives between runs): each program is compiled once per
-    run, not once per process. The xdist workers, the subprocesses they start and the notebook
-    kernel inherit it through the environment (a program compiled with other XLA flags is
-    another entry), and a fresh closure around the same program finds it too."""
-    from run_once import shared_folder
-
-    folder = shared_folder(config)
-    if folder is None:
-        return
-    settings = {"JAX_COMPILATION_CACHE_DIR": str(folder / "jax_compilation_cache"),
-                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": str(CACHE_MIN_COMPILE_SECS)}
-    os.environ.update(settings)
-    if "jax" in sys.modules:  # imported by a plugin: its settings were read from the environment
-        import jax
-
-        for name, value in settings.items():
-            jax.config.update(name.lower(), value if name.endswith("DIR") else float(value))
 
 
 def pytest_collection_modifyitems(items):

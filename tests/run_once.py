@@ -17,17 +17,6 @@ def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     return tmp_path_factory.getbasetemp().parent
 
 
-def shared_folder(config: pytest.Config) -> Path | None:
-    """The same folder as :func:`run_folder`, from ``pytest_configure`` (before any test or
-    fixture runs): an xdist worker's base temporary folder is ``<the run's>/popen-gwN``. Outside
-    xdist, the run's own base temporary folder (fresh each run too)."""
-    factory = getattr(config, "_tmp_path_factory", None)
-    if factory is None:
-        return None
-    base = factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @contextlib.contextmanager
 def run_lock(root: Path, name: str):
     """Held by one worker at a time (released when the lock file closes)."""
