@@ -138,15 +138,34 @@ def _recipe_parser(prog: str, name: str, defaults: dict | None = None,
     return parser
 
 
+_PENDING = "_recipe_flags_pending"
+
+
+class _RecipeSubparsers(argparse._SubParsersAction):
+    """Subcommands whose recipe flags are added when the command is parsed: a recipe module is
+    imported only by the command that runs it (``jaxinterp --help`` and ``jaxinterp train``
+    import no SAE code), and its flags still come from its config dataclass."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        chosen = self.choices.get(values[0])
+        pending = chosen.get_default(_PENDING) if chosen is not None else None
+        if pending is not None:
+            name, defaults = pending
+            chosen.set_defaults(**{_PENDING: None})
+            add_dataclass_args(chosen, recipes.get(name)[0], defaults)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxinterp", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.register("action", "parsers", _RecipeSubparsers)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, (name, defaults, text) in COMMANDS.items():
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-        add_dataclass_args(p, recipes.get(name)[0], defaults)
+        p.set_defaults(**{_PENDING: (name, defaults)})  # its flags come when the command is used
     exp = sub.add_parser("experiment", help="run a reproduction by name (--list shows them)",
                          add_help=False, description="Run a reproduction: jaxinterp experiment NAME [flags]; "
                          "jaxinterp experiment NAME --help shows its flags.")

@@ -2,7 +2,11 @@
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,16 @@ def test_help_explains_each_subcommand(capsys):
     out = capsys.readouterr().out
     for word in ("demo", "train", "experiment"):
         assert word in out
+
+
+def test_help_imports_no_recipe():
+    """`jaxinterp --help` lists the commands without importing a recipe (a command imports its
+    own when it runs; a fresh process, as this one has imported them all)."""
+    code = ("import sys\nfrom jaxinterp import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n"
+            "    print('RECIPES', sorted(m for m in sys.modules if m.startswith('jaxinterp.recipes.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}).stdout
+    assert "experiment" in out and out.splitlines()[-1] == "RECIPES []", out[-300:]
 
 
 def test_flags_come_from_the_dataclass(capsys):

@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Float
 
 from jaxinterp.errors import CheckpointError, ConfigError
+from jaxinterp.io._gguf_reader import bulk_reader
 from jaxinterp.io.gguf_tokenizer import GGUFTokenizer, tokenizer_from_metadata
 from jaxinterp.models import components as C
 from jaxinterp.models.config import TransformerConfig, llama_config
@@ -84,12 +85,12 @@ def _gguf():
 
 
 def _reader(path: str | os.PathLike):
-    gguf = _gguf()
+    _gguf()
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"GGUF file does not exist: {path}")
     try:
-        return gguf.GGUFReader(path, "r")
+        return bulk_reader(path, "r")  # gguf.GGUFReader, its metadata arrays read in bulk
     except Exception as e:  # bad magic, truncated header or data, unknown types
         raise CheckpointError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}).") from e
 

@@ -30,6 +30,7 @@ Writes ``runs/<name>/``: ``config.json``, ``results.json``, ``report.md``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from pathlib import Path
@@ -110,15 +111,23 @@ def in_context_gain(model: HookedTransformer, rep: jax.Array, n: int, ivs=()) ->
 def _repeated_measures(logits, rep, n: int) -> tuple[np.ndarray, float, float]:
     """From one forward pass over ``[bos, x, x]``: the mean loss per position, the in-context
     gain and the accuracy on the second copy (see :func:`in_context_gain`)."""
-    per_position = np.asarray(token_losses(logits, rep).mean(0))  # entry i predicts token i + 1
+    per_position, gain, accuracy = _repeated_stats(logits, rep, n)
+    return np.asarray(per_position), float(gain), float(accuracy)
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _repeated_stats(logits, rep, n: int):
+    per_position = token_losses(logits, rep).mean(0)  # entry i predicts token i + 1
     gain = per_position[1:n].mean() - per_position[n + 1:].mean()  # predict tokens 2..n, n+2..2n
     accuracy = (logits[:, n + 1:-1].argmax(-1) == rep[:, n + 2:]).mean()
-    return per_position, float(gain), float(accuracy)
+    return per_position, gain, accuracy
 
 
 def icl_score(model, windows, early, late, ivs=()) -> float:
-    per_position = token_losses(run_with_hooks(model, windows, interventions=list(ivs)), windows).mean(0)
-    return _icl(per_position, early, late)
+    return _icl(_mean_token_losses(run_with_hooks(model, windows, interventions=list(ivs)), windows), early, late)
+
+
+_mean_token_losses = jax.jit(lambda logits, tokens: token_losses(logits, tokens).mean(0))
 
 
 def _icl(per_position, early: int, late: int) -> float:
@@ -311,6 +320,8 @@ def run_induction(config: InductionConfig) -> dict:
     rep = repeated_tokens(key, 32, n, data.d_vocab, bos=data.tokenizer.eos_token_id or 0)
     template = init_transformer(model_config(spec, data.d_vocab), jax.random.key(0))
     trainable, static = eqx.partition(template, eqx.is_inexact_array)
+    # placed on a device as the restored checkpoints are: one compiled evaluation for all of them
+    template = eqx.combine(jax.device_put(trainable, jax.devices()[0]), static)
     state = {"params": trainable, "opt_state": optimizer(spec).init(trainable),
              "step": jnp.asarray(0, jnp.int32), "key": jax.random.key(0)}
     steps, evals = [0], [evaluate(template, windows, rep, n, config.early, config.late)]
@@ -329,7 +340,7 @@ def run_induction(config: InductionConfig) -> dict:
     # fast run stops before induction heads form, so its notebook asserts nothing about them)
     ablation = ablation_study(model, heads, windows, windows, rep, n, config.early, config.late, key,
                               n_controls=2 if config.fast else 8)
-    _, cache = run_with_cache(model, rep[:1], names="blocks.*.attn.hook_pattern")
+    _, cache = run_with_cache(model, rep, names="blocks.*.attn.hook_pattern")  # shapes compiled already
     labels = [data.tokenizer.decode([int(t)]) for t in rep[0]]
     attention_html(cache.stacked("blocks.*.attn.hook_pattern")[:, 0], labels,
                    title="final 2-layer model on repeated random tokens").save(out / "attention.html")

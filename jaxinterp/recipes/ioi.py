@@ -20,6 +20,7 @@ Mary and John went to the store, John gave a drink to" -> Mary) with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -69,8 +70,6 @@ def train_ioi_model(steps: int = 600, *, seed: int = 0, batch_size: int = 64, lr
     Returns the model and the logged metrics. Without ``runs_dir`` the run's files go to
     a temporary folder.
     """
-    import optax
-
     from jaxinterp.train import TrainConfig, train
 
     cfg = cfg or ioi_config()
@@ -81,15 +80,24 @@ def train_ioi_model(steps: int = 600, *, seed: int = 0, batch_size: int = 64, lr
         i = (step % 64) * batch_size
         return pool.clean[i:i + batch_size], pool.io[i:i + batch_size]
 
-    def loss_fn(params, batch, key):
-        return ioi_loss(params, *batch)
-
-    opt = optax.adam(lr)
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(steps=steps, seed=seed, log_every=max(1, steps // 20), name=name,
                              runs_dir=runs_dir or tmp, progress=progress)
-        result = train(loss_fn, model, opt, batch_fn, config)
+        # the same loss function and optimizer objects on every call: `train` compiles its step
+        # once per (loss, optimizer, model structure, shapes), not once per call
+        result = train(_train_loss, model, _adam(lr), batch_fn, config)
     return result.params, list(result.metrics)
+
+
+def _train_loss(params, batch, key):
+    return ioi_loss(params, *batch)
+
+
+@functools.cache
+def _adam(lr: float):
+    import optax
+
+    return optax.adam(lr)
 
 
 @dataclasses.dataclass(frozen=True)
