@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from o0_flags import COMPILE_FAST_FLAGS, O0_FLAGS
 
 from jaxinterp.errors import ConfigError, DataError, HookNameError, NonFiniteLossError, ShapeError
 from jaxinterp.io.checkpoint import Checkpointer
@@ -117,9 +118,9 @@ def env(devices: int | None = None) -> dict[str, str]:
     if "dir" in CACHE:
         out["JAX_COMPILATION_CACHE_DIR"] = str(CACHE["dir"])
         out["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    # LLVM at -O0: these runs are small, so compiling dominates (about a third less CPU);
-    # every comparison is between runs compiled alike, or at float32 tolerance.
-    out["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    # The suite's fast-compiling flags (tests/o0_flags.py): these runs are small, so compiling
+    # dominates; every comparison is between runs compiled alike, or at float32 tolerance.
+    out["XLA_FLAGS"] = " ".join([*O0_FLAGS, *COMPILE_FAST_FLAGS])
     if devices:
         out["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
     return out
