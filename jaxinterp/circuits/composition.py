@@ -40,9 +40,11 @@ TransformerLens sets every pair whose second head is not in a later layer to zer
 skips them, "gram" computes them (its inner products are cheap) and masks them.
 
 **Which method.** :func:`flop_count` counts both; the choice follows measured cost, not
-FLOPs alone: "gram" is picked when its FLOPs divided by ``_GRAM_RATE_RATIO`` (its measured
-rate over that of "pairs", FLOPs per CPU-second on the 2-core CPU) are fewer than those of
-"pairs" (RESULTS_circuits.md has the measurements). Each method is one compiled program with
+FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram" about 0.55,
+"pairs" 0.9, its ``eigh``) plus FLOPs over the measured rate ("gram" about 38 GFLOP per
+CPU-second, its products have inner dimension ``d_head``; "pairs" 54). At d_model 768 and 12
+heads that is "gram" from 2 layers on ("pairs" runs 10-30 ms faster at 2-4 layers but
+compiles 0.3-0.5 s slower); "pairs" wins where ``d_head`` is small against ``d_model``. Each method is one compiled program with
 one scanned body, so compile time does not grow with depth.
 
 **Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
@@ -72,9 +74,10 @@ MODES = ("Q", "K", "V")
 METHODS = ("pairs", "gram")
 AXES = ("src_layer", "src_head", "dst_layer", "dst_head")
 _BLOCK = 128  # "gram": the d_model axis in blocks of about this size
-# Measured rate of "gram" over that of "pairs" (FLOPs per CPU-second, 2-core CPU, 12 layers,
-# d_model 768: 39.5 and 55.9); the method is picked on FLOPs / rate (module docstring).
-_GRAM_RATE_RATIO = 0.7
+# Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md, 2026-12-02 06:40): CPU-seconds
+# of a first call beyond its run (trace and compile; "pairs" compiles eigh) and the run's FLOPs
+# per CPU-second (2-6 layers, d_model 768). flop_count picks the cheaper first call.
+_COST = {"gram": (0.55, 38e9), "pairs": (0.9, 54e9)}
 
 
 def _t(x: Array) -> Array:
@@ -158,7 +161,8 @@ def _pairs(A1, B1, A2, B2, H: int) -> tuple[Array, Array, Array]:
 
 def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: str | None = None) -> tuple[str, float]:
     """``(method, FLOPs)`` of :func:`composition_scores` (a multiply-add counts 2);
-    ``method=None`` picks the one expected to run faster (module docstring)."""
+    ``method=None`` picks the one whose first call (compile included) is expected to cost
+    less, from measured compile times and rates (module docstring)."""
     L, H, d, e = n_layers, n_heads, d_model, d_head
     N = (L - 1) * H  # earlier heads = later heads
     nb = _n_blocks(d)
@@ -168,7 +172,8 @@ def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: s
     tiles = (L - 1) * L // 2
     pairs = 2 * N * (6.0 * d * e * e + 9.0 * e**3) + tiles * 2.0 * (H * e) ** 2 * d
     if method is None:
-        method = "pairs" if pairs <= gram / _GRAM_RATE_RATIO else "gram"
+        flops = {"gram": gram, "pairs": pairs}
+        method = min(METHODS, key=lambda m: _COST[m][0] + flops[m] / _COST[m][1])
     return method, gram if method == "gram" else pairs
 
 
