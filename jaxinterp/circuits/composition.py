@@ -48,7 +48,8 @@ compiles 0.3-0.5 s slower); "pairs" wins where ``d_head`` is small against ``d_m
 one scanned body, so compile time does not grow with depth.
 
 **Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
-(``xla_cpu_use_fusion_emitters=False``: compiles faster, runs the same), and "pairs" without
+(``xla_cpu_use_fusion_emitters=False``, as the tests; "gram" compiled in 0.42 CPU-s
+against 0.44, ran the same), and "pairs" without
 the YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``), under which it deadlocked
 in some fresh processes at the default flags (jaxlib 0.10.2); "gram" keeps them (its inner
 products run about 2x faster with them). A jaxlib that rejects an option gets the defaults.
@@ -189,9 +190,9 @@ def _scores(W_Q, W_K, W_V, W_O, mode: str, method: str) -> Float[Array, "l h l h
     return jnp.pad(s, ((0, 1), (0, 0), (1, 0), (0, 0)))
 
 
-# Per-program XLA CPU options (module docstring): the older elemental emitters compile these
-# programs faster at the same run time; "pairs" also runs without the YNNPACK fusions, under
-# which it deadlocked in some fresh processes. Other backends compile with their defaults.
+# Per-program XLA CPU options (module docstring): the older elemental emitters (a little faster
+# to compile here, same run time: the tests' flag); "pairs" also without the YNNPACK fusions,
+# under which it deadlocked in some fresh processes. Other backends compile with their defaults.
 _CPU_OPTIONS = {
     "gram": {"xla_cpu_use_fusion_emitters": False},
     "pairs": {"xla_cpu_use_fusion_emitters": False, "xla_cpu_experimental_ynn_fusion_type": ""},
