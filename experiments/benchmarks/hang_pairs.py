@@ -27,12 +27,12 @@ from jaxinterp.circuits.weights import attention_weights
 
 def main() -> None:
     model = ji.init_transformer(ji.gpt2_config(n_layers=3, d_vocab=1000, n_ctx=64), jax.random.key(0))
-    weights = jax.block_until_ready(attention_weights(model))
+    factors = jax.block_until_ready(composition._factors(*attention_weights(model), "K"))
     defaults = "--xla-defaults" in sys.argv
-    program = (jax.jit(functools.partial(composition._scores, method="pairs"), static_argnames="mode")
+    program = (jax.jit(functools.partial(composition._scores, method="pairs"))
                if defaults else composition._program("pairs", True))
     t = time.perf_counter()
-    jax.block_until_ready(program(*weights, mode="K"))
+    jax.block_until_ready(program(*factors))
     print(f"{'XLA defaults' if defaults else 'composition options'}: done in {time.perf_counter() - t:.2f} s", flush=True)
 
 

@@ -44,8 +44,9 @@ FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram"
 "pairs" 0.9, its ``eigh``) plus FLOPs over the measured rate ("gram" about 38 GFLOP per
 CPU-second, its products have inner dimension ``d_head``; "pairs" 54). At d_model 768 and 12
 heads that is "gram" from 2 layers on ("pairs" runs 10-30 ms faster at 2-4 layers but
-compiles 0.3-0.5 s slower); "pairs" wins where ``d_head`` is small against ``d_model``. Each method is one compiled program with
-one scanned body, so compile time does not grow with depth.
+compiles 0.3-0.5 s slower); "pairs" wins where ``d_head`` is small against ``d_model``.
+Each method is one compiled program with one scanned body, so compile time does not grow with
+depth, and the three modes share it (their factors differ, not their shapes).
 
 **Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
 (``xla_cpu_use_fusion_emitters=False``, as the tests; "gram" compiled in 0.42 CPU-s
@@ -86,12 +87,11 @@ def _t(x: Array) -> Array:
 
 
 def _factors(W_Q, W_K, W_V, W_O, mode: str) -> tuple[Array, Array, Array, Array]:
-    """``W_A = A_1 B_1`` (OV of every head) and ``W_B = A_2 B_2`` (the mode's input of
-    every head), each factor ``[L H, ., .]`` over all layers (the earlier heads are rows
-    ``0 .. (L-1) H``, the later ones rows ``H ..``)."""
-    A2, B2 = {"Q": (W_Q, _t(W_K)), "K": (W_K, _t(W_Q)), "V": (W_V, W_O)}[mode]
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    return flat(W_V), flat(W_O), flat(A2), flat(B2)
+    """``(A_1, B_1, A_2, B_2^T)``: ``W_A = A_1 B_1`` (OV of every head) and ``W_B = A_2 B_2``
+    (the mode's input of every head), ``[n_layers, n_heads, ., .]``. ``B_2`` comes transposed
+    (``[d_model, d_head]`` like ``A_2``) so the three modes are one compiled program."""
+    A2, C2 = {"Q": (W_Q, W_K), "K": (W_K, W_Q), "V": (W_V, None)}[mode]
+    return W_V, W_O, A2, _t(W_O) if C2 is None else C2
 
 
 def _n_blocks(d: int) -> int:
@@ -100,7 +100,7 @@ def _n_blocks(d: int) -> int:
     return min((n for n in range(1, d + 1) if d % n == 0), key=lambda n: abs(math.log(n / target)))
 
 
-def _gram(A1, B1, A2, B2, H: int) -> tuple[Array, Array, Array]:
+def _gram(A1, B1, A2, C2, H: int) -> tuple[Array, Array, Array]:
     """``<W_A^T W_A, W_B W_B^T>`` for the earlier heads (rows ``0 .. N``) and the later ones
     (rows ``H ..``), and both sides' ``||W||_F^2``. Each side is ``Z = U G U^T`` with
     ``U [d, e]`` and a ``d_head`` Gram ``G`` (``W_A^T W_A = B_1^T (A_1^T A_1) B_1``,
@@ -110,7 +110,7 @@ def _gram(A1, B1, A2, B2, H: int) -> tuple[Array, Array, Array]:
     N, e, d = B1.shape[0] - H, B1.shape[1], B1.shape[2]
     U, V = _t(B1[:N]), A2[H:]  # [N, d, e]
     Uw = U @ jnp.einsum("nde,ndf->nef", A1[:N], A1[:N])  # U G_A
-    Vw = V @ jnp.einsum("ned,nfd->nef", B2[H:], B2[H:])  # V G_D
+    Vw = V @ jnp.einsum("nde,ndf->nef", C2[H:], C2[H:])  # V G_D, G_D = B_2 B_2^T
     norm_a, norm_b = (U * Uw).sum((1, 2)), (V * Vw).sum((1, 2))
     nb = _n_blocks(d)
     b = d // nb
@@ -137,13 +137,13 @@ def _root(g: Float[Array, "... e e"]) -> Float[Array, "... e e"]:
     return jnp.sqrt(jnp.maximum(w, 0.0))[..., :, None] * _t(v)
 
 
-def _pairs(A1, B1, A2, B2, H: int) -> tuple[Array, Array, Array]:
+def _pairs(A1, B1, A2, C2, H: int) -> tuple[Array, Array, Array]:
     """``||P_A Q_B||^2`` with the whitened ``P_A = R_A B_1``, ``Q_B = A_2 R_D^T``: one
     ``[H e, d] x [d, H e]`` product per (earlier layer, later layer) tile, squared and
     summed per ``e x e`` block right after; and both sides' ``||W||_F^2 = <G_A, B_1 B_1^T>``."""
     N, e, d = B1.shape[0] - H, B1.shape[1], B1.shape[2]
     n = N // H
-    g_a, g_d = _t(A1[:N]) @ A1[:N], B2[H:] @ _t(B2[H:])
+    g_a, g_d = _t(A1[:N]) @ A1[:N], _t(C2[H:]) @ C2[H:]
     norm_a = (g_a * (B1[:N] @ _t(B1[:N]))).sum((-1, -2))
     norm_b = ((_t(A2[H:]) @ A2[H:]) * g_d).sum((-1, -2))
     P = (_root(g_a) @ B1[:N]).reshape(n, H * e, d)
@@ -178,11 +178,11 @@ def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: s
     return method, gram if method == "gram" else pairs
 
 
-def _scores(W_Q, W_K, W_V, W_O, mode: str, method: str) -> Float[Array, "l h l h"]:
-    L, H = W_Q.shape[:2]
+def _scores(A1, B1, A2, C2, method: str) -> Float[Array, "l h l h"]:
+    L, H = A1.shape[:2]
     n = L - 1
-    A1, B1, A2, B2 = _factors(W_Q, W_K, W_V, W_O, mode)
-    num2, norm_a, norm_b = (_gram if method == "gram" else _pairs)(A1, B1, A2, B2, H)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    num2, norm_a, norm_b = (_gram if method == "gram" else _pairs)(flat(A1), flat(B1), flat(A2), flat(C2), H)
     s = jnp.sqrt(jnp.maximum(num2, 0.0).reshape(n, H, n, H)
                  / (norm_a.reshape(n, H, 1, 1) * norm_b.reshape(1, 1, n, H)))
     later = jnp.arange(n)[:, None] <= jnp.arange(n)[None, :]  # src layer i, dst layer k + 1
@@ -203,19 +203,19 @@ _OPTIONS_REJECTED: set[str] = set()
 @functools.cache
 def _program(method: str, options: bool):
     opts = _CPU_OPTIONS[method] if options else None
-    return jax.jit(functools.partial(_scores, method=method), static_argnames="mode", compiler_options=opts)
+    return jax.jit(functools.partial(_scores, method=method), compiler_options=opts)
 
 
-def _run(weights: tuple[Array, ...], mode: str, method: str) -> Array:
+def _run(factors: tuple[Array, ...], method: str) -> Array:
     if jax.default_backend() != "cpu" or method in _OPTIONS_REJECTED:
-        return _program(method, False)(*weights, mode=mode)
+        return _program(method, False)(*factors)
     try:
-        return _program(method, True)(*weights, mode=mode)
+        return _program(method, True)(*factors)
     except jax.errors.JaxRuntimeError as err:  # a jaxlib that does not know an option
         if "compile option" not in str(err):
             raise
         _OPTIONS_REJECTED.add(method)
-        return _program(method, False)(*weights, mode=mode)
+        return _program(method, False)(*factors)
 
 
 def composition_scores(model: HookedTransformer, mode: str, *, method: str | None = None) -> NamedArray:
@@ -244,7 +244,7 @@ def composition_scores(model: HookedTransformer, mode: str, *, method: str | Non
     if cfg.n_layers < 2:
         raise ConfigError(f"composition needs at least 2 layers, this model has {cfg.n_layers}")
     chosen, _ = flop_count(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, method)
-    values = _run(attention_weights(model), mode, chosen)
+    values = _run(_factors(*attention_weights(model), mode), chosen)
     return NamedArray(values, AXES, attrs={"mode": mode, "method": chosen})
 
 
