@@ -28,6 +28,7 @@ from jaxinterp.circuits.weights import attention_weights
 def main() -> None:
     model = ji.init_transformer(ji.gpt2_config(n_layers=3, d_vocab=1000, n_ctx=64), jax.random.key(0))
     factors = jax.block_until_ready(composition._factors(*attention_weights(model), "K"))
+    print("model built", flush=True)  # a hang before this line is not the composition program
     defaults = "--xla-defaults" in sys.argv
     program = (jax.jit(functools.partial(composition._scores, method="pairs"))
                if defaults else composition._program("pairs", True))
