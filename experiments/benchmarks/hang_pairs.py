@@ -2,9 +2,9 @@
 
 Compiles ``composition_scores``'s "pairs" program for a 3-layer, d_model-768 model (mode K)
 either with the per-program options ``composition_scores`` uses (the default here) or with
-XLA's default options (``--xla-defaults``), and runs it once. At the defaults a fresh
-process sometimes never finishes (every thread parked on a futex, no CPU used), so run each
-try in its own process, with a timeout:
+XLA's default options (``--xla-defaults``), and runs it once. At the defaults an earlier
+form of this program (and main's at 3e5b999) often never finished in a fresh process (every
+thread parked on a futex, no CPU used), so run each try in its own process, with a timeout:
 
     for i in $(seq 10); do timeout 60 python experiments/benchmarks/hang_pairs.py --xla-defaults; echo rc=$?; done
     for i in $(seq 10); do timeout 60 python experiments/benchmarks/hang_pairs.py; echo rc=$?; done

@@ -51,8 +51,9 @@ depth, and the three modes share it (their factors differ, not their shapes).
 **Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
 (``xla_cpu_use_fusion_emitters=False``, as the tests; "gram" compiled in 0.42 CPU-s
 against 0.44, ran the same), and "pairs" without
-the YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``), under which it deadlocked
-in some fresh processes at the default flags (jaxlib 0.10.2); "gram" keeps them (its inner
+the YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``): an earlier form of it
+deadlocked in 5 of 8 fresh processes at the default flags and 0 of 10 with the option
+(jaxlib 0.10.2; this form rarely either way, RESULTS_circuits.md); "gram" keeps them (its inner
 products run about 2x faster with them). A jaxlib that rejects an option gets the defaults.
 """
 
