@@ -18,16 +18,17 @@ n_layers, n_heads]`` layout, zero unless B sits in a later layer than A).
     ||W_A W_B||_F^2 = ||P_A Q_B||_F^2,  P_A = R_A B_1,  Q_B = A_2 R_D^T    (R^T R = G)
                     = < W_A^T W_A , W_B W_B^T >_F = < B_1^T (G_A B_1) , A_2 (G_D A_2^T) >_F
 
-and the norms ``||W_A||_F^2 = <G_A, B_1 B_1^T>`` need only ``d_head``-sized pieces. Two
-exact methods follow:
+and the norms ``||W_A||_F^2 = tr(W_A^T W_A) = <G_A, B_1 B_1^T>`` need only ``d_head``-sized
+pieces. Two exact methods follow:
 
-* ``"gram"``: the ``d_model x d_model`` Grams ``W_A^T W_A`` and ``W_B W_B^T`` of every head,
-  one ``b x b`` block (``b`` about 128) at a time: for each block pair on or above the
-  diagonal (the others by symmetry, weight 2), the blocks of all earlier and all later
-  heads are formed (``[heads, e, b]^T [heads, e, b]``) and their inner products
-  ``[heads, b b] x [b b, heads]`` added at once, in one ``lax.scan``. No Gram is ever held
-  whole: a whole one is ``d_model^2`` floats a head (311 MB for 132 heads), and on CPU
-  writing such fresh buffers costs more in page faults than the products themselves.
+* ``"gram"``: each side as ``Z = U G U^T`` with ``U [d_model, d_head]`` and a ``d_head`` Gram
+  (``W_A^T W_A = B_1^T G_A B_1``, ``W_B W_B^T = A_2 G_D A_2^T``); ``||W||_F^2 = tr Z =
+  sum(U * U G)`` comes free. ``Z`` is formed one ``b x b`` block at a time (``b`` about
+  128): for each block pair on or above the diagonal (the others by symmetry, weight 2), the
+  blocks of all earlier and all later heads (``[heads, e, b]^T [heads, e, b]``) and their
+  inner products ``[heads, b b] x [b b, heads]``, added at once, in one ``lax.scan``. No
+  Gram is ever held whole: a whole one is ``d_model^2`` floats a head (311 MB for 132
+  heads), and on CPU writing such fresh buffers costs more in page faults than the products.
   About ``d_model^2`` FLOPs a pair plus ``2 d_head d_model^2`` a head.
 * ``"pairs"``: the whitened ``P`` rows of an earlier layer's heads ``[H e, d]`` times the
   ``Q`` columns of a later layer's ``[d, H e]``, squared and summed per ``e x e`` block,
@@ -39,19 +40,29 @@ TransformerLens sets every pair whose second head is not in a later layer to zer
 skips them, "gram" computes them (its inner products are cheap) and masks them.
 
 **Which method.** :func:`flop_count` counts both; the choice follows measured cost, not
-FLOPs alone: on the 2-core CPU (12 layers, d_model 768) "gram" ran its 27 GFLOP at about
-40 GFLOP per CPU-second and "pairs" its 64 at about 56 (its products have inner dimension
-``d_model``, "gram"'s ``d_head``), so "gram" is picked when its FLOPs divided by 0.7 are
-fewer than those of "pairs" (2 layers: "pairs"; 12 layers: "gram", 1.7x faster measured).
-Each method is one compiled program with one scanned body, so compile time does not grow
-with depth.
+FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram" about 0.55,
+"pairs" 0.9, its ``eigh``) plus FLOPs over the measured rate ("gram" about 38 GFLOP per
+CPU-second, its products have inner dimension ``d_head``; "pairs" 54). At d_model 768 and 12
+heads that is "gram" from 2 layers on ("pairs" runs 10-30 ms faster at 2-4 layers but
+compiles 0.3-0.5 s slower); "pairs" wins where ``d_head`` is small against ``d_model``.
+Each method is one compiled program with one scanned body, so compile time does not grow with
+depth, and the three modes share it (their factors differ, not their shapes).
+
+**Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
+(``xla_cpu_use_fusion_emitters=False``, as the tests; "gram" compiled in 0.42 CPU-s
+against 0.44, ran the same), and "pairs" without
+the YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``): an earlier form of it
+deadlocked in 5 of 8 fresh processes at the default flags and 0 of 10 with the option
+(jaxlib 0.10.2; this form rarely either way, RESULTS_circuits.md); "gram" keeps them (its inner
+products run about 2x faster with them). A jaxlib that rejects an option gets the defaults.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
-import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -66,23 +77,22 @@ MODES = ("Q", "K", "V")
 METHODS = ("pairs", "gram")
 AXES = ("src_layer", "src_head", "dst_layer", "dst_head")
 _BLOCK = 128  # "gram": the d_model axis in blocks of about this size
-# Measured rate of "gram" over that of "pairs" (FLOPs per CPU-second, 2-core CPU, 12 layers,
-# d_model 768: 39.5 and 55.9); the method is picked on FLOPs / rate (module docstring).
-_GRAM_RATE_RATIO = 0.7
+# Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md, 2026-12-02 06:40): CPU-seconds
+# of a first call beyond its run (trace and compile; "pairs" compiles eigh) and the run's FLOPs
+# per CPU-second (2-6 layers, d_model 768). flop_count picks the cheaper first call.
+_COST = {"gram": (0.55, 38e9), "pairs": (0.9, 54e9)}
 
 
 def _t(x: Array) -> Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def _inputs(model: HookedTransformer, mode: str) -> tuple[Array, Array, Array, Array]:
-    """``W_A = A_1 B_1`` (OV of every head) and ``W_B = A_2 B_2`` (the mode's input of
-    every head), each factor ``[L H, ., .]`` over all layers (the earlier heads are rows
-    ``0 .. (L-1) H``, the later ones rows ``H ..``; slicing happens inside the products)."""
-    W_Q, W_K, W_V, W_O = attention_weights(model)
-    A2, B2 = {"Q": (W_Q, _t(W_K)), "K": (W_K, _t(W_Q)), "V": (W_V, W_O)}[mode]
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    return flat(W_V), flat(W_O), flat(A2), flat(B2)
+def _factors(W_Q, W_K, W_V, W_O, mode: str) -> tuple[Array, Array, Array, Array]:
+    """``(A_1, B_1, A_2, B_2^T)``: ``W_A = A_1 B_1`` (OV of every head) and ``W_B = A_2 B_2``
+    (the mode's input of every head), ``[n_layers, n_heads, ., .]``. ``B_2`` comes transposed
+    (``[d_model, d_head]`` like ``A_2``) so the three modes are one compiled program."""
+    A2, C2 = {"Q": (W_Q, W_K), "K": (W_K, W_Q), "V": (W_V, None)}[mode]
+    return W_V, W_O, A2, _t(W_O) if C2 is None else C2
 
 
 def _n_blocks(d: int) -> int:
@@ -91,29 +101,34 @@ def _n_blocks(d: int) -> int:
     return min((n for n in range(1, d + 1) if d % n == 0), key=lambda n: abs(math.log(n / target)))
 
 
-def _gram_num(A1, B1, A2, B2, n: int, H: int) -> Array:
-    """``<W_A^T W_A, W_B W_B^T>`` for earlier heads rows ``0 .. nH`` and later heads rows
-    ``H ..``: the Grams ``W_A^T W_A = B_1^T (G_A B_1)`` and ``W_B W_B^T = A_2 (G_D A_2^T)``
-    formed one ``b x b`` block at a time (the blocks on and above the diagonal, the others
-    by symmetry: weight 2), each block's inner products accumulated right away."""
+def _gram(A1, B1, A2, C2, H: int) -> tuple[Array, Array, Array]:
+    """``<W_A^T W_A, W_B W_B^T>`` for the earlier heads (rows ``0 .. N``) and the later ones
+    (rows ``H ..``), and both sides' ``||W||_F^2``. Each side is ``Z = U G U^T`` with
+    ``U [d, e]`` and a ``d_head`` Gram ``G`` (``W_A^T W_A = B_1^T (A_1^T A_1) B_1``,
+    ``W_B W_B^T = A_2 (B_2 B_2^T) A_2^T``), so ``||W||_F^2 = tr Z = sum(U * U G)``. ``Z`` is
+    formed one ``b x b`` block at a time (the blocks on and above the diagonal, the others by
+    symmetry: weight 2) and each block's inner products added right away."""
     N, e, d = B1.shape[0] - H, B1.shape[1], B1.shape[2]
-    xw = (_t(A1) @ A1) @ B1  # G_A B_1 [L H, e, d]
-    yw = (B2 @ _t(B2)) @ _t(A2)  # G_D A_2^T
+    U, V = _t(B1[:N]), A2[H:]  # [N, d, e]
+    Uw = U @ jnp.einsum("nde,ndf->nef", A1[:N], A1[:N])  # U G_A
+    Vw = V @ jnp.einsum("nde,ndf->nef", C2[H:], C2[H:])  # V G_D, G_D = B_2 B_2^T
+    norm_a, norm_b = (U * Uw).sum((1, 2)), (V * Vw).sum((1, 2))
     nb = _n_blocks(d)
     b = d // nb
+    # [nb, N, e, b]: block i of every head, contiguous (the scan slices the leading axis)
+    blocks = lambda z: jnp.transpose(z.reshape(N, nb, b, e), (1, 0, 3, 2))  # noqa: E731
+    U, Uw, V, Vw = map(blocks, (U, Uw, V, Vw))
     rows, cols = np.triu_indices(nb)
     weight = jnp.asarray(np.where(rows == cols, 1.0, 2.0), B1.dtype)
 
     def block(num, ijw):
         i, j, w = ijw
-        x = jnp.einsum("nei,nej->nij", lax.dynamic_slice(B1, (0, 0, i * b), (N, e, b)),
-                       lax.dynamic_slice(xw, (0, 0, j * b), (N, e, b)))
-        y = jnp.einsum("nie,nej->nij", lax.dynamic_slice(A2, (H, i * b, 0), (N, b, e)),
-                       lax.dynamic_slice(yw, (H, 0, j * b), (N, e, b)))
-        return num + w * (x.reshape(N, -1) @ y.reshape(N, -1).T), None
+        x = jnp.einsum("nei,nej->nij", U[i], Uw[j]).reshape(N, -1)
+        y = jnp.einsum("nei,nej->nij", V[i], Vw[j]).reshape(N, -1)
+        return num + w * (x @ y.T), None  # the weight after the product: on y, 20% slower
 
     num, _ = lax.scan(block, jnp.zeros((N, N), B1.dtype), (jnp.asarray(rows), jnp.asarray(cols), weight))
-    return num.reshape(n, H, n, H)
+    return num, norm_a, norm_b
 
 
 def _root(g: Float[Array, "... e e"]) -> Float[Array, "... e e"]:
@@ -123,13 +138,17 @@ def _root(g: Float[Array, "... e e"]) -> Float[Array, "... e e"]:
     return jnp.sqrt(jnp.maximum(w, 0.0))[..., :, None] * _t(v)
 
 
-def _pairs_num(A1, B1, A2, B2, n: int, H: int) -> Array:
+def _pairs(A1, B1, A2, C2, H: int) -> tuple[Array, Array, Array]:
     """``||P_A Q_B||^2`` with the whitened ``P_A = R_A B_1``, ``Q_B = A_2 R_D^T``: one
     ``[H e, d] x [d, H e]`` product per (earlier layer, later layer) tile, squared and
-    summed per ``e x e`` block right after."""
-    e, d = B1.shape[1], B1.shape[2]
-    P = (_root(_t(A1[:-H]) @ A1[:-H]) @ B1[:-H]).reshape(n, H * e, d)
-    Qt = (_root(B2[H:] @ _t(B2[H:])) @ _t(A2[H:])).reshape(n, H * e, d)
+    summed per ``e x e`` block right after; and both sides' ``||W||_F^2 = <G_A, B_1 B_1^T>``."""
+    N, e, d = B1.shape[0] - H, B1.shape[1], B1.shape[2]
+    n = N // H
+    g_a, g_d = _t(A1[:N]) @ A1[:N], _t(C2[H:]) @ C2[H:]
+    norm_a = (g_a * (B1[:N] @ _t(B1[:N]))).sum((-1, -2))
+    norm_b = ((_t(A2[H:]) @ A2[H:]) * g_d).sum((-1, -2))
+    P = (_root(g_a) @ B1[:N]).reshape(n, H * e, d)
+    Qt = (_root(g_d) @ _t(A2[H:])).reshape(n, H * e, d)
     src, dst = np.triu_indices(n)
 
     def tile(_, ak):
@@ -139,42 +158,65 @@ def _pairs_num(A1, B1, A2, B2, n: int, H: int) -> Array:
 
     _, s = lax.scan(tile, None, (jnp.asarray(src), jnp.asarray(dst)))
     num = jnp.zeros((n, n, H, H), B1.dtype).at[src, dst].set(s)  # [src l, dst l, dst h, src h]
-    return jnp.transpose(num, (0, 3, 1, 2))
+    return jnp.transpose(num, (0, 3, 1, 2)).reshape(N, N), norm_a, norm_b
 
 
 def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: str | None = None) -> tuple[str, float]:
     """``(method, FLOPs)`` of :func:`composition_scores` (a multiply-add counts 2);
-    ``method=None`` picks the one expected to run faster (FLOPs over measured rates), and
-    "gram" from 3 layers on (see the comment below)."""
+    ``method=None`` picks the one whose first call (compile included) is expected to cost
+    less, from measured compile times and rates (module docstring)."""
     L, H, d, e = n_layers, n_heads, d_model, d_head
     N = (L - 1) * H  # earlier heads = later heads
     nb = _n_blocks(d)
     b = d // nb
     blocks = nb * (nb + 1) // 2
-    gram = 2 * L * H * (2.0 * d * e * e + 2.0 * e * e * d) + blocks * (2 * 2.0 * N * e * b * b + 2.0 * N * N * b * b)
+    gram = 2 * N * (4.0 * d * e * e + 2.0 * d * e) + blocks * (2 * 2.0 * N * e * b * b + 2.0 * N * N * b * b)
     tiles = (L - 1) * L // 2
-    pairs = 2 * N * (2.0 * d * e * e + 9.0 * e**3 + 2.0 * e * e * d) + tiles * 2.0 * (H * e) ** 2 * d
+    pairs = 2 * N * (6.0 * d * e * e + 9.0 * e**3) + tiles * 2.0 * (H * e) ** 2 * d
     if method is None:
-        # From 3 layers on, "pairs" deadlocked in XLA CPU's YNNPACK fusion at the default
-        # flags (jaxlib 0.10.2: 3 hangs in 5 fresh runs at 3 layers, none with the fusion
-        # off; RESULTS_circuits.md) while "gram" ran 5 in 5; so it is only picked below that.
-        method = "pairs" if L < 3 and pairs <= gram / _GRAM_RATE_RATIO else "gram"
+        flops = {"gram": gram, "pairs": pairs}
+        method = min(METHODS, key=lambda m: _COST[m][0] + flops[m] / _COST[m][1])
     return method, gram if method == "gram" else pairs
 
 
-@eqx.filter_jit
-def _all_pairs(model: HookedTransformer, mode: str, method: str) -> Float[Array, "l h l h"]:
-    A1, B1, A2, B2 = _inputs(model, mode)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+def _scores(A1, B1, A2, C2, method: str) -> Float[Array, "l h l h"]:
+    L, H = A1.shape[:2]
     n = L - 1
-    num2 = (_gram_num if method == "gram" else _pairs_num)(A1, B1, A2, B2, n, H)  # src 0..L-2, dst 1..L-1
-    # ||A B||_F^2 = <A^T A, B B^T>: d_head x d_head Grams
-    norm_a = ((_t(A1[:-H]) @ A1[:-H]) * (B1[:-H] @ _t(B1[:-H]))).sum((-1, -2)).reshape(n, H)
-    norm_b = ((_t(A2[H:]) @ A2[H:]) * (B2[H:] @ _t(B2[H:]))).sum((-1, -2)).reshape(n, H)
-    s = jnp.sqrt(jnp.maximum(num2, 0.0) / (norm_a[:, :, None, None] * norm_b[None, None]))
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    num2, norm_a, norm_b = (_gram if method == "gram" else _pairs)(flat(A1), flat(B1), flat(A2), flat(C2), H)
+    s = jnp.sqrt(jnp.maximum(num2, 0.0).reshape(n, H, n, H)
+                 / (norm_a.reshape(n, H, 1, 1) * norm_b.reshape(1, 1, n, H)))
     later = jnp.arange(n)[:, None] <= jnp.arange(n)[None, :]  # src layer i, dst layer k + 1
     s = jnp.where(later[:, None, :, None], s, 0.0)
     return jnp.pad(s, ((0, 1), (0, 0), (1, 0), (0, 0)))
+
+
+# Per-program XLA CPU options (module docstring): the older elemental emitters (a little faster
+# to compile here, same run time: the tests' flag); "pairs" also without the YNNPACK fusions,
+# under which it deadlocked in some fresh processes. Other backends compile with their defaults.
+_CPU_OPTIONS = {
+    "gram": {"xla_cpu_use_fusion_emitters": False},
+    "pairs": {"xla_cpu_use_fusion_emitters": False, "xla_cpu_experimental_ynn_fusion_type": ""},
+}
+_OPTIONS_REJECTED: set[str] = set()
+
+
+@functools.cache
+def _program(method: str, options: bool):
+    opts = _CPU_OPTIONS[method] if options else None
+    return jax.jit(functools.partial(_scores, method=method), compiler_options=opts)
+
+
+def _run(factors: tuple[Array, ...], method: str) -> Array:
+    if jax.default_backend() != "cpu" or method in _OPTIONS_REJECTED:
+        return _program(method, False)(*factors)
+    try:
+        return _program(method, True)(*factors)
+    except jax.errors.JaxRuntimeError as err:  # a jaxlib that does not know an option
+        if "compile option" not in str(err):
+            raise
+        _OPTIONS_REJECTED.add(method)
+        return _program(method, False)(*factors)
 
 
 def composition_scores(model: HookedTransformer, mode: str, *, method: str | None = None) -> NamedArray:
@@ -203,7 +245,7 @@ def composition_scores(model: HookedTransformer, mode: str, *, method: str | Non
     if cfg.n_layers < 2:
         raise ConfigError(f"composition needs at least 2 layers, this model has {cfg.n_layers}")
     chosen, _ = flop_count(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, method)
-    values = _all_pairs(model, mode, chosen)
+    values = _run(_factors(*attention_weights(model), mode), chosen)
     return NamedArray(values, AXES, attrs={"mode": mode, "method": chosen})
 
 

@@ -76,8 +76,8 @@ def test_bad_inputs(hand_model):
 
 @pytest.mark.parametrize("mode", ["K", "V"])
 def test_rank_deficient_heads(mode):
-    """A head whose W_V (and W_K) lose rank: the Cholesky whitening falls back to the
-    eigendecomposition, and both methods still match the dense products."""
+    """A head whose W_V (and W_K) lose rank: the eigendecomposition whitening of "pairs"
+    and the Grams of "gram" both still match the dense products."""
     import equinox as eqx
 
     cfg = ji.gpt2_config(d_model=32, n_layers=3, n_heads=2, d_vocab=20, n_ctx=8)
@@ -91,3 +91,21 @@ def test_rank_deficient_heads(mode):
         got = np.asarray(composition_scores(model, mode, method=method))
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-6)
+
+
+def test_compiler_options_a_jaxlib_rejects_fall_back(monkeypatch):
+    """An XLA option the installed jaxlib does not know: the scores still come (default
+    options), the same as before, and the rejection is remembered."""
+    from jaxinterp.circuits import composition as comp
+
+    cfg = ji.gpt2_config(d_model=16, n_layers=2, n_heads=2, d_vocab=10, n_ctx=4)
+    model = ji.init_transformer(cfg, jax.random.key(4))
+    monkeypatch.setattr(comp, "_CPU_OPTIONS", {**comp._CPU_OPTIONS, "gram": {"xla_cpu_no_such_option": ""}})
+    monkeypatch.setattr(comp, "_OPTIONS_REJECTED", set())
+    comp._program.cache_clear()
+    try:
+        got = composition_scores(model, "V", method="gram")
+        assert "gram" in comp._OPTIONS_REJECTED or jax.default_backend() != "cpu"
+    finally:
+        comp._program.cache_clear()
+    np.testing.assert_allclose(np.asarray(got), dense_scores(model, "V"), rtol=2e-4, atol=1e-6)
