@@ -55,22 +55,22 @@ def _normalised(cfg, x: Float[Array, "K B P d"]) -> tuple[Array, Array]:
 
 
 def _site(cfg, p, x, parts, absorb: bool) -> tuple[Array, Array | None, Array | None, Array | None]:
-    """``parts``: ``(g [K, B, P, n, e], W [n, d, e])`` pairs whose input gradients add up to
-    one group of ``n`` destinations. Returns ``ghat [n, B, P, d]``, ``alpha [n, B, P]``,
+    """``parts``: ``(g [K, B, P, n, e], W [n, d, e], xh (w W) [K, B, P, n, e])`` whose input
+    gradients add up to one group of ``n`` destinations. Returns ``ghat [n, B, P, d]``, ``alpha [n, B, P]``,
     ``beta [n, K, B, P]`` and ``xh [K, B, P, d]``."""
     if cfg.normalization_type is None or p is None:
-        return sum(jnp.einsum("kbpne,nde->nbpd", g, W) for g, W in parts), None, None, None
+        return sum(jnp.einsum("kbpne,nde->nbpd", g, W) for g, W, _ in parts), None, None, None
     d = x.shape[-1]
     xh, s = _normalised(cfg, x)
     w = jnp.ones((d,), jnp.float32) if p.w is None else p.w.astype(jnp.float32)
     ghat = alpha = beta = 0.0
-    for g, W in parts:
+    for g, W, xhW in parts:
         gs = g.astype(jnp.float32) / s[..., None]
         Ww = W.astype(jnp.float32) * w[None, :, None]
         ghat = ghat + jnp.einsum("kbpne,nde->nbpd", gs, Ww)
         if cfg.normalization_type == "LN":
             alpha = alpha + jnp.einsum("kbpne,ne->nbp", gs, Ww.sum(1)) / d
-        beta = beta + jnp.einsum("kbpne,kbpne->nkbp", gs, jnp.einsum("kbpd,nde->kbpne", xh, Ww)) / d
+        beta = beta + jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d
     if cfg.normalization_type != "LN":
         alpha = jnp.zeros(ghat.shape[:-1], jnp.float32)
     if absorb:  # the corrections summed over copies here: one product contracting the copies
@@ -78,35 +78,46 @@ def _site(cfg, p, x, parts, absorb: bool) -> tuple[Array, Array | None, Array | 
     return ghat, alpha, beta, xh
 
 
-def fold_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid, copies: int,
+def fold_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: dict, copies: int,
                absorb: bool = False) -> FoldedGrads:
     """:class:`FoldedGrads` from the gradients after each projection (``grads``, rows
-    ``[K*B]``) and the residuals the norms read (``[L, K*B, P, d]``)."""
+    ``[K*B]``), the residuals the norms read (``[L, K*B, P, d]``) and the forward pass's
+    projections (``proj``): ``xh (w W) = projection - its bias - b_norm W``, so ``beta``
+    costs no product over ``d``."""
     cfg = model.cfg
 
     def split(a):  # [K*B, ...] -> [K, B, ...]
         return a.reshape((copies, -1) + a.shape[1:])
 
-    def layer(p, g, x_pre, x_mid):
+    def part(g, pr, W, b, norm):  # g, pr [K*B, P, n, e], W [n, d, e], b [n, e] or None
+        off = 0.0 if b is None else b.astype(jnp.float32)
+        if norm is not None and norm.b is not None:
+            off = off + jnp.einsum("d,nde->ne", norm.b.astype(jnp.float32), W.astype(jnp.float32))
+        return split(g), W, split(pr.astype(jnp.float32) - off)
+
+    def layer(p, g, x_pre, x_mid, pr):
         a = p.attn
-        q, k, v = (split(g[f"attn.hook_{n}"]) for n in "qkv")
+        q, k, v = (part(g[f"attn.hook_{n}"], pr[f"attn.hook_{n}"], getattr(a, f"W_{n.upper()}"),
+                        getattr(a, f"b_{n.upper()}"), p.ln1) for n in "qkv")
         if graph.qkv:
-            groups = [_site(cfg, p.ln1, split(x_pre), [(t, W)], absorb) for t, W in ((q, a.W_Q), (k, a.W_K), (v, a.W_V))]
+            groups = [_site(cfg, p.ln1, split(x_pre), [t], absorb) for t in (q, k, v)]
             attn = [None if groups[0][i] is None else jnp.concatenate([gr[i] for gr in groups]) for i in range(3)]
             attn.append(groups[0][3])
         else:
-            attn = list(_site(cfg, p.ln1, split(x_pre), [(q, a.W_Q), (k, a.W_K), (v, a.W_V)], absorb))
+            attn = list(_site(cfg, p.ln1, split(x_pre), [q, k, v], absorb))
         if not cfg.has_mlp:
             return attn, None
         m = p.mlp
         up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
-        parts = [(split(g["mlp.hook_pre"])[:, :, :, None], up[None])]
+        b_up = None if m.W_gate is not None or m.b_in is None else m.b_in[None]
+        parts = [part(g["mlp.hook_pre"][:, :, None], pr["mlp.hook_pre"][:, :, None], up[None], b_up, p.ln2)]
         if m.W_gate is not None:
-            parts.append((split(g["mlp.hook_pre_linear"])[:, :, :, None], m.W_in[None]))
+            parts.append(part(g["mlp.hook_pre_linear"][:, :, None], pr["mlp.hook_pre_linear"][:, :, None], m.W_in[None],
+                              None if m.b_in is None else m.b_in[None], p.ln2))
         return attn, list(_site(cfg, p.ln2, split(x_mid), parts, absorb))
 
     per_layer = {key: val for key, val in grads.items() if key != "final"}
-    attn, mlp = jax.vmap(layer)(model.blocks, per_layer, resid_pre, resid_mid)
+    attn, mlp = jax.vmap(layer)(model.blocks, per_layer, resid_pre, resid_mid, proj)
     L, n_attn = cfg.n_layers, attn[0].shape[1]
     final = split(grads["final"]).sum(0)[None].astype(jnp.float32)
 

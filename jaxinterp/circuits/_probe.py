@@ -79,6 +79,7 @@ class Interpolation(eqx.Module):
         return jnp.where((self.group == code)[bcast], new, copies).reshape(value.shape)
 
 
+_PROJECTIONS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear")
 _PROBED = ("hook_resid_pre", "hook_resid_mid", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",
            "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear")
 
@@ -117,9 +118,11 @@ def zero_deltas(cfg, tokens, dtype) -> dict:
 
 
 def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas: dict | None = None,
-                  input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None):
+                  input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None,
+                  with_projections: bool = False):
     """The plain forward pass with every node's output recorded:
-    ``(logits, NodeActs, resid_pre [L, B, P, d], resid_mid [L, B, P, d])``."""
+    ``(logits, NodeActs, resid_pre [L, B, P, d], resid_mid [L, B, P, d])``, and with
+    ``with_projections`` the q/k/v and MLP input projections ``{hook name: [L, B, P, ...]}``."""
     cfg = model.cfg
     positions, mask = positions_and_mask(tokens)
     x0 = embed(model, tokens, positions) if input_embed is None else input_embed
@@ -142,14 +145,16 @@ def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas
             out, _ = C.block(cfg, p, h, positions, mask, spec=spec)
         seen = probe.seen
         x_pre = seen["hook_resid_pre"]
-        return out, (seen["attn.hook_z"], seen.get("hook_mlp_out"), x_pre, seen.get("hook_resid_mid", x_pre))
+        proj = {k: seen[k] for k in _PROJECTIONS if k in seen}
+        return out, (seen["attn.hook_z"], seen.get("hook_mlp_out"), x_pre, seen.get("hook_resid_mid", x_pre), proj)
 
     xs = (model.blocks, C.layer_specs(cfg), jnp.arange(cfg.n_layers), per_layer, fixed)
-    resid, (z, mlp_out, x_pre, x_mid) = jax.lax.scan(layer, x0, xs)
+    resid, (z, mlp_out, x_pre, x_mid, proj) = jax.lax.scan(layer, x0, xs)
     if "final" in deltas:
         resid = resid + deltas["final"]
     logits = logits_at(model, resid, None, tokens.shape[1])  # positions nobody reads compile away
-    return logits, NodeActs(x0, z, mlp_out if cfg.has_mlp else None), x_pre, x_mid
+    acts = NodeActs(x0, z, mlp_out if cfg.has_mlp else None)
+    return (logits, acts, x_pre, x_mid, proj) if with_projections else (logits, acts, x_pre, x_mid)
 
 
 def _norm_vjp(cfg, p, x: Float[Array, "B P d"], g: Float[Array, "n B P d"]) -> Float[Array, "n B P d"]:
@@ -208,10 +213,10 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) ->
 
 def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
                 input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
-                copies: int = 1) -> tuple[Array, NodeActs, dict, Array, Array]:
+                copies: int = 1) -> tuple[Array, NodeActs, dict, Array, Array, dict]:
     """One plain forward and backward pass (:func:`probe_forward`): ``(metric, node
     outputs, gradients after every projection and at the final residual (:func:`zero_deltas`),
-    resid_pre, resid_mid)``, rows ``[K*B]`` for ``copies = K``.
+    resid_pre, resid_mid, the projections themselves)``, rows ``[K*B]`` for ``copies = K``.
 
     ``copies = K`` runs ``K`` copies of the batch stacked along it (each with its own
     ``input_embed`` rows or ``interp`` group and alpha): the metric is the mean over the
@@ -223,14 +228,14 @@ def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
     folded = jnp.tile(tokens, (copies, 1)) if copies > 1 else tokens
 
     def run(deltas):
-        logits, acts, x_pre, x_mid = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
-                                                   interp=interp)
+        logits, acts, x_pre, x_mid, proj = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
+                                                         interp=interp, with_projections=True)
         per_copy = jax.vmap(lambda lg: batch_mean(metric, lg))(logits.reshape((copies, B) + logits.shape[1:]))
-        return per_copy.mean(), (acts, x_pre, x_mid)
+        return per_copy.mean(), (acts, x_pre, x_mid, proj)
 
     zeros = zero_deltas(model.cfg, folded, model.W_E.dtype)
-    (value, (acts, x_pre, x_mid)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
-    return value, acts, grads, x_pre, x_mid
+    (value, (acts, x_pre, x_mid, proj)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
+    return value, acts, grads, x_pre, x_mid, proj
 
 
 def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], metric, *,
@@ -246,7 +251,7 @@ def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B
     norm afterwards. (Edge attribution itself folds that last step into its contraction,
     :mod:`._fold`.)
     """
-    value, acts, grads, x_pre, x_mid = probe_grads(model, tokens, metric, input_embed=input_embed,
+    value, acts, grads, x_pre, x_mid, _ = probe_grads(model, tokens, metric, input_embed=input_embed,
                                                    interp=interp, copies=copies)
     g = _node_input_grads(model, graph, grads, x_pre, x_mid)  # [V, K*B, P, d]
     return value, acts, g.reshape((g.shape[0], copies, -1) + g.shape[2:]).sum(1)

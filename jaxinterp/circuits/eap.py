@@ -78,8 +78,8 @@ def _attribute_impl(model, graph: Graph, clean, corrupted, metric, method: str, 
         absorb = method == "EAP-IG-activations"
 
     def folded(k, **kw):
-        value, acts, grads, x_pre, x_mid = probe_grads(model, clean, metric, copies=k, **kw)
-        return fold_grads(model, graph, grads, x_pre, x_mid, k, absorb), (value, acts)
+        value, acts, grads, x_pre, x_mid, proj = probe_grads(model, clean, metric, copies=k, **kw)
+        return fold_grads(model, graph, grads, x_pre, x_mid, proj, k, absorb), (value, acts)
 
     if method == "EAP":  # 1 forward (corrupted), 1 forward + backward (clean)
         corrupt_logits, corrupt_acts, _, _ = probe_forward(model, corrupted)
