@@ -79,6 +79,7 @@ class Interpolation(eqx.Module):
         return jnp.where((self.group == code)[bcast], new, copies).reshape(value.shape)
 
 
+_PROJECTIONS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear")
 _PROBED = ("hook_resid_pre", "hook_resid_mid", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",
            "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear")
 
@@ -117,9 +118,11 @@ def zero_deltas(cfg, tokens, dtype) -> dict:
 
 
 def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas: dict | None = None,
-                  input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None):
+                  input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None,
+                  with_projections: bool = False):
     """The plain forward pass with every node's output recorded:
-    ``(logits, NodeActs, resid_pre [L, B, P, d], resid_mid [L, B, P, d])``."""
+    ``(logits, NodeActs, resid_pre [L, B, P, d], resid_mid [L, B, P, d])``, and with
+    ``with_projections`` the q/k/v and MLP input projections ``{hook name: [L, B, P, ...]}``."""
     cfg = model.cfg
     positions, mask = positions_and_mask(tokens)
     x0 = embed(model, tokens, positions) if input_embed is None else input_embed
@@ -142,14 +145,16 @@ def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas
             out, _ = C.block(cfg, p, h, positions, mask, spec=spec)
         seen = probe.seen
         x_pre = seen["hook_resid_pre"]
-        return out, (seen["attn.hook_z"], seen.get("hook_mlp_out"), x_pre, seen.get("hook_resid_mid", x_pre))
+        proj = {k: seen[k] for k in _PROJECTIONS if k in seen}
+        return out, (seen["attn.hook_z"], seen.get("hook_mlp_out"), x_pre, seen.get("hook_resid_mid", x_pre), proj)
 
     xs = (model.blocks, C.layer_specs(cfg), jnp.arange(cfg.n_layers), per_layer, fixed)
-    resid, (z, mlp_out, x_pre, x_mid) = jax.lax.scan(layer, x0, xs)
+    resid, (z, mlp_out, x_pre, x_mid, proj) = jax.lax.scan(layer, x0, xs)
     if "final" in deltas:
         resid = resid + deltas["final"]
     logits = logits_at(model, resid, None, tokens.shape[1])  # positions nobody reads compile away
-    return logits, NodeActs(x0, z, mlp_out if cfg.has_mlp else None), x_pre, x_mid
+    acts = NodeActs(x0, z, mlp_out if cfg.has_mlp else None)
+    return (logits, acts, x_pre, x_mid, proj) if with_projections else (logits, acts, x_pre, x_mid)
 
 
 def _norm_vjp(cfg, p, x: Float[Array, "B P d"], g: Float[Array, "n B P d"]) -> Float[Array, "n B P d"]:
@@ -177,21 +182,12 @@ def _norm_vjp(cfg, p, x: Float[Array, "B P d"], g: Float[Array, "n B P d"]) -> F
     return (g - centre - xh * (xh * g).mean(-1, keepdims=True)) / s
 
 
-def _norm_vjp_autodiff(cfg, p, x: Float[Array, "B P d"], g: Float[Array, "n B P d"]) -> Float[Array, "n B P d"]:
-    """:func:`_norm_vjp` by ``jax.vjp``, vmapped over the cotangents: on XLA's CPU the faster
-    of the two inside EAP-IG's ``lax.map`` over stacked copies (closed form there: 3x slower,
-    not understood yet), the slower in a single pass (EAP: 6.4-7.6 against 4.9-5.3 forwards)."""
-    _, back = jax.vjp(lambda x: C.normalize(cfg, p, x, "ln1"), x)
-    return jax.vmap(lambda c: back(c)[0])(g)
-
-
-def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid,
-                      closed_form: bool = True) -> Float[Array, "V B P d"]:
+def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) -> Float[Array, "V B P d"]:
     """``d metric / d in_v`` from the gradients after each projection: back through the
     projection (``W^T``), then through the layer norm at the residual it read (closed form,
     :func:`_norm_vjp`)."""
     cfg = model.cfg
-    norm_back = _norm_vjp if closed_form else _norm_vjp_autodiff
+    norm_back = _norm_vjp
 
     def back(g, W):  # g [B, P, n, e], W [n, d, e] -> [n, B, P, d]; node-major is faster on XLA's CPU
         return jnp.einsum("nbpe,nde->nbpd", jnp.moveaxis(g, 2, 0), W)
@@ -215,35 +211,47 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid,
     return jnp.concatenate([g_layers.reshape((-1,) + g_layers.shape[2:]), grads["final"][None]])
 
 
-def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], metric, *,
-                   input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
-                   copies: int = 1) -> tuple[Array, NodeActs, Float[Array, "V B P d"]]:
-    """``(metric, node outputs, d metric / d in_v [V, B, P, d])`` from one plain forward
-    and backward pass (:func:`probe_forward`).
-
-    Equal to differentiating :func:`~jaxinterp.circuits._graph_forward.graph_forward` with
-    respect to its ``deltas``, without giving each node its own copy of the residual
-    stream: the gradients are taken after the q/k/v (and MLP input) projections, where
-    every head already has its own values, and carried back through ``W^T`` and the layer
-    norm afterwards.
+def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
+                input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
+                copies: int = 1) -> tuple[Array, NodeActs, dict, Array, Array, dict]:
+    """One plain forward and backward pass (:func:`probe_forward`): ``(metric, node
+    outputs, gradients after every projection and at the final residual (:func:`zero_deltas`),
+    resid_pre, resid_mid, the projections themselves)``, rows ``[K*B]`` for ``copies = K``.
 
     ``copies = K`` runs ``K`` copies of the batch stacked along it (each with its own
-    ``input_embed`` rows or ``interp`` group and alpha): the metric and the gradients are
-    the means over the copies, from one pass with ``K`` times the batch (on a CPU far
-    cheaper than ``K`` vmapped passes).
-    """
+    ``input_embed`` rows or ``interp`` group and alpha): the metric is the mean over the
+    copies, from one pass with ``K`` times the batch (on a CPU far cheaper than ``K``
+    vmapped passes)."""
     from jaxinterp.interp.metrics import batch_mean
 
     B = tokens.shape[0]
     folded = jnp.tile(tokens, (copies, 1)) if copies > 1 else tokens
 
     def run(deltas):
-        logits, acts, x_pre, x_mid = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
-                                                   interp=interp)
+        logits, acts, x_pre, x_mid, proj = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
+                                                         interp=interp, with_projections=True)
         per_copy = jax.vmap(lambda lg: batch_mean(metric, lg))(logits.reshape((copies, B) + logits.shape[1:]))
-        return per_copy.mean(), (acts, x_pre, x_mid)
+        return per_copy.mean(), (acts, x_pre, x_mid, proj)
 
     zeros = zero_deltas(model.cfg, folded, model.W_E.dtype)
-    (value, (acts, x_pre, x_mid)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
-    g = _node_input_grads(model, graph, grads, x_pre, x_mid, closed_form=copies == 1)  # [V, K*B, P, d]
-    return value, acts, g.reshape((g.shape[0], copies, B) + g.shape[2:]).sum(1)
+    (value, (acts, x_pre, x_mid, proj)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
+    return value, acts, grads, x_pre, x_mid, proj
+
+
+def node_gradients(model: HookedTransformer, graph: Graph, tokens: Int[Array, "B P"], metric, *,
+                   input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
+                   copies: int = 1) -> tuple[Array, NodeActs, Float[Array, "V B P d"]]:
+    """``(metric, node outputs, d metric / d in_v [V, B, P, d])`` from one plain forward
+    and backward pass (:func:`probe_grads`; with ``copies``, the means over the copies).
+
+    Equal to differentiating :func:`~jaxinterp.circuits._graph_forward.graph_forward` with
+    respect to its ``deltas``, without giving each node its own copy of the residual
+    stream: the gradients are taken after the q/k/v (and MLP input) projections, where
+    every head already has its own values, and carried back through ``W^T`` and the layer
+    norm afterwards. (Edge attribution itself folds that last step into its contraction,
+    :mod:`._fold`.)
+    """
+    value, acts, grads, x_pre, x_mid, _ = probe_grads(model, tokens, metric, input_embed=input_embed,
+                                                   interp=interp, copies=copies)
+    g = _node_input_grads(model, graph, grads, x_pre, x_mid)  # [V, K*B, P, d]
+    return value, acts, g.reshape((g.shape[0], copies, -1) + g.shape[2:]).sum(1)

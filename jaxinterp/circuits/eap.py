@@ -25,7 +25,9 @@ corrupted batches together and ``m`` forward and backward passes (batched);
 EAP-IG-activations ``(2 n_layers + 1) m`` of them. The passes are the model's own
 (:mod:`._probe`): heads' outputs are kept as ``z`` and expanded to ``z_h W_O[h]`` only for
 the clean-corrupted difference, and every edge comes from one matrix product
-``[U, B P d] x [B P d, V]``. :func:`exact_edge_scores` patches every edge for real, to
+``[U, B P d] x [B P d, V]`` into which the layer norms' Jacobians are folded (:mod:`._fold`:
+a destination's gradient is one product ``(w W)^T (g / s)`` summed over EAP-IG's copies, plus
+two rank-one corrections as extra columns, so no pass over ``[V, B, P, d]`` per copy). :func:`exact_edge_scores` patches every edge for real, to
 check the estimates.
 """
 
@@ -39,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from jaxinterp.circuits._fold import FoldedGrads, contract_folded, fold_grads
 from jaxinterp.circuits._graph_forward import EdgeMix, graph_forward
-from jaxinterp.circuits._probe import Interpolation, NodeActs, node_gradients, probe_forward
+from jaxinterp.circuits._probe import Interpolation, probe_forward, probe_grads
 from jaxinterp.circuits.graph import Graph
 from jaxinterp.errors import ConfigError, ShapeError, unknown_name_message
 from jaxinterp.interp.metrics import Metric, batch_mean, check_metric
@@ -50,42 +53,39 @@ from jaxinterp.named import NamedArray
 METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations")
 
 
-def _grad_at(model, graph, tokens, metric, **kw) -> tuple[Float[Array, "V B P d"], tuple[Array, NodeActs]]:
-    """``d metric / d in_v`` for every destination node, from one forward and backward
-    pass; also the metric and the node outputs of that pass."""
-    value, acts, grads = node_gradients(model, graph, tokens, metric, **kw)
-    return grads, (value, acts)
-
-
 def _divisor_at_most(n: int, chunk: int) -> int:
     return max(k for k in range(1, min(n, max(chunk, 1)) + 1) if n % k == 0)
 
 
-def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
+def _mean_over(fn: Callable[[Array], FoldedGrads], xs: Array, chunk: int) -> FoldedGrads:
     """``mean_i fn(xs[i:i+k])`` over chunks of ``k <= chunk`` rows (``fn`` takes a chunk and
-    returns its mean), in one program."""
+    returns its mean), in one program; the chunks' copies become one axis of copies."""
     k = _divisor_at_most(xs.shape[0], chunk)
     if k == xs.shape[0]:  # one chunk: no loop (XLA's CPU ran the pass 1.5-3x slower inside one)
         return fn(xs)
-    return jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:])).mean(0)
+    f = jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:]))
+    n = f.ghat.shape[0]
+    if f.alpha is None:
+        return FoldedGrads(f.ghat.mean(0), None, None, None, f.site)
+    beta = jnp.moveaxis(f.beta, 0, 1) / n  # [V, C, K, B, P]
+    xh = jnp.moveaxis(f.xh, 0, 1)  # [S, C, K, B, P, d]
+    return FoldedGrads(f.ghat.mean(0), f.alpha.mean(0), beta.reshape((beta.shape[0], -1) + beta.shape[3:]),
+                       xh.reshape((xh.shape[0], -1) + xh.shape[3:]), f.site)
 
 
-def _contract(diff: Float[Array, "U B P d"], grads: Float[Array, "V B P d"], valid: np.ndarray) -> Float[Array, "U V"]:
-    """``scores[u, v] = sum_{b,p,d} diff[u] grads[v]`` where ``valid[u, v]`` (else 0): one
-    matrix product over the flattened batch, positions and width. On XLA's CPU the einsum
-    form of it ran several times slower, and so did splitting it into groups of
-    destinations against only the sources before them (half the FLOPs, narrower products)."""
-    U, V = diff.shape[0], grads.shape[0]
-    d, g = diff.reshape(U, -1).astype(jnp.float32), grads.reshape(V, -1).astype(jnp.float32)
-    return jnp.where(jnp.asarray(valid), jax.lax.dot_general(d, g, (((1,), (1,)), ((), ()))), 0.0)
-
-
-@eqx.filter_jit
-def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int):
+def _attribute_impl(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int,
+                    absorb: bool | None = None):
     B = clean.shape[0]
+    if absorb is None:
+        absorb = method == "EAP-IG-activations"
+
+    def folded(k, **kw):
+        value, acts, grads, x_pre, x_mid, proj = probe_grads(model, clean, metric, copies=k, **kw)
+        return fold_grads(model, graph, grads, x_pre, x_mid, proj, k, absorb), (value, acts)
+
     if method == "EAP":  # 1 forward (corrupted), 1 forward + backward (clean)
         corrupt_logits, corrupt_acts, _, _ = probe_forward(model, corrupted)
-        grads, (m_clean, clean_acts) = _grad_at(model, graph, clean, metric)
+        grads, (m_clean, clean_acts) = folded(1)
     else:  # clean and corrupted in one forward pass over both batches
         logits, both, _, _ = probe_forward(model, jnp.concatenate([clean, corrupted]))
         clean_acts, corrupt_acts = both.rows(slice(None, B)), both.rows(slice(B, None))
@@ -97,7 +97,7 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         def at(alphas):
             a = alphas[:, None, None, None].astype(x_clean.dtype)
             embed = (x_corrupt[None] + a * (x_clean - x_corrupt)[None]).reshape((-1,) + x_clean.shape[1:])
-            return _grad_at(model, graph, clean, metric, input_embed=embed, copies=alphas.shape[0])[0]
+            return folded(alphas.shape[0], input_embed=embed)[0]
 
         grads = _mean_over(at, jnp.arange(steps, dtype=x_clean.dtype) / steps, chunk)
     elif method == "EAP-IG-activations":
@@ -109,11 +109,14 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         def at(gk):
             interp = Interpolation(gk[:, 0], gk[:, 1].astype(clean_acts.embed.dtype) / steps, clean_acts,
                                    corrupt_acts)
-            return _grad_at(model, graph, clean, metric, interp=interp, copies=gk.shape[0])[0]
+            return folded(gk.shape[0], interp=interp)[0]
 
         grads = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
-    scores = _contract((corrupt_acts - clean_acts).expand(model), grads, graph.valid)
+    scores = contract_folded((corrupt_acts - clean_acts).expand(model), grads, graph.valid)
     return scores, m_clean, batch_mean(metric, corrupt_logits)
+
+
+_attribute = eqx.filter_jit(_attribute_impl)
 
 
 def check_pair(model: HookedTransformer, clean: ArrayLike, corrupted: ArrayLike) -> tuple[Array, Array]:
