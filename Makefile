@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-UV     := $(VENV)/bin/uv pip install -q --python $(PY)
+UV     := $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
 RUN    ?= demo
 # One pytest worker more than there are cores: a worker waiting on a subprocess, a notebook
 # kernel or a browser leaves its core to the spare one (2 cores, quiet: 7:29 with 3 workers
@@ -16,7 +16,8 @@ PYTEST_ARGS ?= -n $(WORKERS) --dist loadfile
 .PHONY: demo test venv test-env lint clean bench chromium
 
 # uv installs the packages (it resolves and downloads in parallel: minutes faster than
-# pip for the test extras' ~190 packages); pip only installs pip, uv and torch.
+# pip for the test extras' ~190 packages), compiling their bytecode as pip does (else every
+# test process compiles jax's, torch's, ... on import); pip only installs pip, uv and torch.
 $(VENV)/.core: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip uv

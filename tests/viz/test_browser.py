@@ -8,6 +8,7 @@ with 16,384 features is printed (measured, not asserted).
 """
 
 import json
+import re
 
 import equinox as eqx
 import jax
@@ -98,7 +99,12 @@ def test_browser_in_chromium(site):
         assert page.locator("#rows tr").count() == min(analysis.d_sae, 100)
         assert page.inner_text("#count").startswith(f"{analysis.d_sae} of {analysis.d_sae}")
         assert page.title() == '<script>x</script> "run"'                       # the title is text
+        # The search re-renders the rows 120 ms after the last keystroke: wait for that render
+        # (a query nothing matches, then the token) so the click cannot land on a replaced row.
+        page.fill("#search", "no feature has this \u2400")
+        expect(page.locator("#count")).to_have_text(re.compile(r"^0 of "), timeout=120_000)
         page.fill("#search", token)
+        expect(page.locator("#count")).not_to_have_text(re.compile(r"^0 of "), timeout=120_000)
         page.wait_for_selector(f"#rows tr[data-feature='{target}']")
         page.click(f"#rows tr[data-feature='{target}'] a")
         page.wait_for_selector("#top-contexts")
