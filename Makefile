@@ -8,8 +8,8 @@ PIP    := $(PY) -m pip
 UV     := $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
 RUN    ?= demo
 # One pytest worker more than there are cores: a worker waiting on a subprocess, a notebook
-# kernel or a browser leaves its core to the spare one (2 cores, quiet: 7:29 with 3 workers
-# against 8:02-8:16 with 2).
+# kernel or a browser leaves its core to the spare one (2 cores, quiet: 7:27-7:29 with 3
+# workers against 8:02-8:16 with 2).
 WORKERS     ?= $(shell expr $$(nproc) + 1)
 PYTEST_ARGS ?= -n $(WORKERS) --dist loadfile
 

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 # The files that take longest (CPU seconds on 2 cores), longest first. Under `make test`
 # (`-n <cores + 1> --dist loadfile`) each file runs whole on one worker and a worker that runs out of
-# work takes the next file in collection order, so these go first and the two workers finish
+# work takes the next file in collection order, so these go first and the workers finish
 # together. xdist's own order (most tests first) started the notebooks last, leaving one
 # worker alone with them at the end. Measure with the CPU-time plugin when a file grows.
 LONGEST_FIRST = (
