@@ -187,7 +187,6 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) ->
     projection (``W^T``), then through the layer norm at the residual it read (closed form,
     :func:`_norm_vjp`)."""
     cfg = model.cfg
-    norm_back = _norm_vjp
 
     def back(g, W):  # g [B, P, n, e], W [n, d, e] -> [n, B, P, d]; node-major is faster on XLA's CPU
         return jnp.einsum("nbpe,nde->nbpd", jnp.moveaxis(g, 2, 0), W)
@@ -196,14 +195,14 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) ->
         a = p.attn
         aq, ak, av = back(g["attn.hook_q"], a.W_Q), back(g["attn.hook_k"], a.W_K), back(g["attn.hook_v"], a.W_V)
         attn_in = jnp.concatenate([aq, ak, av]) if graph.qkv else (aq + ak + av)
-        out = [norm_back(cfg, p.ln1, x_pre, attn_in).astype(x_pre.dtype)]
+        out = [_norm_vjp(cfg, p.ln1, x_pre, attn_in).astype(x_pre.dtype)]
         if cfg.has_mlp:
             m = p.mlp
             up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
             a_m = jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre"], up)
             if m.W_gate is not None:
                 a_m = a_m + jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre_linear"], m.W_in)
-            out.append(norm_back(cfg, p.ln2, x_mid, a_m[None]).astype(x_mid.dtype))
+            out.append(_norm_vjp(cfg, p.ln2, x_mid, a_m[None]).astype(x_mid.dtype))
         return jnp.concatenate(out)
 
     per_layer = {k: v for k, v in grads.items() if k != "final"}

@@ -73,11 +73,10 @@ def _mean_over(fn: Callable[[Array], FoldedGrads], xs: Array, chunk: int) -> Fol
                        xh.reshape((xh.shape[0], -1) + xh.shape[3:]), f.site)
 
 
-def _attribute_impl(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int,
-                    absorb: bool | None = None):
+@eqx.filter_jit
+def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int):
     B = clean.shape[0]
-    if absorb is None:
-        absorb = method == "EAP-IG-activations"
+    absorb = method == "EAP-IG-activations"  # its 45 copies: corrections summed per copy (_fold)
 
     def folded(k, **kw):
         value, acts, grads, x_pre, x_mid, proj = probe_grads(model, clean, metric, copies=k, **kw)
@@ -114,9 +113,6 @@ def _attribute_impl(model, graph: Graph, clean, corrupted, metric, method: str, 
         grads = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
     scores = contract_folded((corrupt_acts - clean_acts).expand(model), grads, graph.valid)
     return scores, m_clean, batch_mean(metric, corrupt_logits)
-
-
-_attribute = eqx.filter_jit(_attribute_impl)
 
 
 def check_pair(model: HookedTransformer, clean: ArrayLike, corrupted: ArrayLike) -> tuple[Array, Array]:

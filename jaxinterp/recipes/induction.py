@@ -105,19 +105,18 @@ def in_context_gain(model: HookedTransformer, rep: jax.Array, n: int, ivs=()) ->
     """``(loss on the first copy - loss on the second, accuracy on the second)`` of repeated
     tokens ``[bos, x, x]`` (halves of length ``n``), with interventions ``ivs``."""
     _, gain, accuracy = _repeated_measures(run_with_hooks(model, rep, interventions=list(ivs)), rep, n)
-    return gain, accuracy
+    return float(gain), float(accuracy)
 
 
-def _repeated_measures(logits, rep, n: int) -> tuple[np.ndarray, float, float]:
-    """From one forward pass over ``[bos, x, x]``: the mean loss per position, the in-context
-    gain and the accuracy on the second copy (see :func:`in_context_gain`)."""
-    per_position, gain, accuracy = _repeated_stats(logits, rep, n)
-    return np.asarray(per_position), float(gain), float(accuracy)
+_mean_token_losses = jax.jit(lambda logits, tokens: token_losses(logits, tokens).mean(0))
+_logits = eqx.filter_jit(lambda model, tokens: model(tokens))
 
 
 @functools.partial(jax.jit, static_argnames="n")
-def _repeated_stats(logits, rep, n: int):
-    per_position = token_losses(logits, rep).mean(0)  # entry i predicts token i + 1
+def _repeated_measures(logits, rep, n: int):
+    """From one forward pass over ``[bos, x, x]``: the mean loss per position, the in-context
+    gain and the accuracy on the second copy (see :func:`in_context_gain`)."""
+    per_position = _mean_token_losses(logits, rep)  # entry i predicts token i + 1
     gain = per_position[1:n].mean() - per_position[n + 1:].mean()  # predict tokens 2..n, n+2..2n
     accuracy = (logits[:, n + 1:-1].argmax(-1) == rep[:, n + 2:]).mean()
     return per_position, gain, accuracy
@@ -127,33 +126,22 @@ def icl_score(model, windows, early, late, ivs=()) -> float:
     return _icl(_mean_token_losses(run_with_hooks(model, windows, interventions=list(ivs)), windows), early, late)
 
 
-_mean_token_losses = jax.jit(lambda logits, tokens: token_losses(logits, tokens).mean(0))
-
-
 def _icl(per_position, early: int, late: int) -> float:
     """The ICL score from the mean loss per position (entry ``i`` predicts token ``i + 1``):
     the loss at the late token minus the loss at the early one."""
     return float(per_position[late - 1] - per_position[early - 1])
 
 
-@eqx.filter_jit
-def _per_position(model, windows):
-    return token_losses(model(windows), windows).mean(0)
-
-
-_logits = eqx.filter_jit(lambda model, tokens: model(tokens))
-
-
 def evaluate(model, windows, rep, n: int, early: int, late: int) -> dict:
     """Every per-checkpoint measurement from one forward pass over each batch (and the
     detectors' cached run)."""
     scores = circuits.head_scores(model, rep, detectors=("previous_token", "induction"))
-    text = np.asarray(_per_position(model, windows))
+    text = np.asarray(_mean_token_losses(_logits(model, windows), windows))
     repeated, gain, acc = _repeated_measures(_logits(model, rep), rep, n)
-    return {"loss_by_position": text, "repeated_loss_by_position": repeated,
+    return {"loss_by_position": text, "repeated_loss_by_position": np.asarray(repeated),
             "icl_score": _icl(text, early, late),
             "previous_token": np.asarray(scores.values[0]), "prefix_matching": np.asarray(scores.values[1]),
-            "repeated_gain": gain, "repeated_accuracy": acc}
+            "repeated_gain": float(gain), "repeated_accuracy": float(acc)}
 
 
 def ablation_study(model, heads: list[tuple[int, int]], reference, windows, rep, n, early, late,
