@@ -27,11 +27,13 @@ from jaxinterp.circuits.weights import attention_weights
 
 def main() -> None:
     model = ji.init_transformer(ji.gpt2_config(n_layers=3, d_vocab=1000, n_ctx=64), jax.random.key(0))
-    factors = jax.block_until_ready(composition._factors(*attention_weights(model), "K"))
+    factors, c2_rows = composition._factors(*attention_weights(model), "K")
+    factors = jax.block_until_ready(factors)
     print("model built", flush=True)  # a hang before this line is not the composition program
     defaults = "--xla-defaults" in sys.argv
-    program = (jax.jit(functools.partial(composition._scores, method="pairs"))
-               if defaults else composition._program("pairs", True))
+    static = {"H": model.cfg.n_heads, "c2_rows": c2_rows}
+    program = (jax.jit(functools.partial(composition._pairs, **static))
+               if defaults else composition._program("pairs", True, **static))
     t = time.perf_counter()
     jax.block_until_ready(program(*factors))
     print(f"{'XLA defaults' if defaults else 'composition options'}: done in {time.perf_counter() - t:.2f} s", flush=True)

@@ -22,14 +22,16 @@ and the norms ``||W_A||_F^2 = tr(W_A^T W_A) = <G_A, B_1 B_1^T>`` need only ``d_h
 pieces. Two exact methods follow:
 
 * ``"gram"``: each side as ``Z = U G U^T`` with ``U [d_model, d_head]`` and a ``d_head`` Gram
-  (``W_A^T W_A = B_1^T G_A B_1``, ``W_B W_B^T = A_2 G_D A_2^T``); ``||W||_F^2 = tr Z =
-  sum(U * U G)`` comes free. ``Z`` is formed one ``b x b`` block at a time (``b`` about
-  128): for each block pair on or above the diagonal (the others by symmetry, weight 2), the
-  blocks of all earlier and all later heads (``[heads, e, b]^T [heads, e, b]``) and their
-  inner products ``[heads, b b] x [b b, heads]``, added at once, in one ``lax.scan``. No
-  Gram is ever held whole: a whole one is ``d_model^2`` floats a head (311 MB for 132
-  heads), and on CPU writing such fresh buffers costs more in page faults than the products.
-  About ``d_model^2`` FLOPs a pair plus ``2 d_head d_model^2`` a head.
+  (``W_A^T W_A = B_1^T G_A B_1``, ``W_B W_B^T = A_2 G_D A_2^T``); ``||W||_F^2 = tr Z`` comes
+  from the diagonal blocks. ``Z`` is formed one ``b x b`` block at a time (``b`` about 128),
+  straight from the stored weights (``W_O`` columns, ``W_Q``/``W_K``/``W_V`` rows: no
+  transposed copies): for each column block ``j``, ``G_A B_1j`` and ``A_2j G_D`` once, then
+  for each ``i <= j`` (the blocks below the diagonal by symmetry, weight 2) the blocks of all
+  earlier and all later heads (``[heads, e, b]^T [heads, e, b]``) and their inner products
+  ``[heads, b b] x [b b, heads]``, added at once. No Gram is ever held whole: a whole one is
+  ``d_model^2`` floats a head (311 MB for 132 heads), and on CPU writing such fresh buffers
+  costs more in page faults than the products. About ``d_model^2`` FLOPs a pair plus
+  ``2 d_head d_model^2`` a head.
 * ``"pairs"``: the whitened ``P`` rows of an earlier layer's heads ``[H e, d]`` times the
   ``Q`` columns of a later layer's ``[d, H e]``, squared and summed per ``e x e`` block,
   one (earlier layer, later layer) tile per ``lax.scan`` step (``R`` from the
@@ -40,27 +42,36 @@ TransformerLens sets every pair whose second head is not in a later layer to zer
 skips them, "gram" computes them (its inner products are cheap) and masks them.
 
 **Which method.** :func:`flop_count` counts both; the choice follows measured cost, not
-FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram" about 0.55,
-"pairs" 0.9, its ``eigh``) plus FLOPs over the measured rate ("gram" about 38 GFLOP per
-CPU-second, its products have inner dimension ``d_head``; "pairs" 54). At d_model 768 and 12
-heads that is "gram" from 2 layers on ("pairs" runs 10-30 ms faster at 2-4 layers but
-compiles 0.3-0.5 s slower); "pairs" wins where ``d_head`` is small against ``d_model``.
-Each method is one compiled program with one scanned body, so compile time does not grow with
-depth, and the three modes share it (their factors differ, not their shapes).
+FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram" about 0.2,
+"pairs" 0.55, its ``eigh``) plus FLOPs over the measured rate ("gram" about 47 GFLOP per
+CPU-second, its products have inner dimension ``d_head``; "pairs" 57). At d_model 768 and 12
+heads that is "gram" at every depth; "pairs" wins where ``d_head`` is small against
+``d_model``. Compile time does not grow with depth (scanned bodies), and the modes share
+programs (their factors differ, not their shapes; V's ``W_O`` enters as stored, so V has its
+own "gram" program).
+
+**Parts, side by side.** XLA's CPU backend runs each batched ``d_head``-sized product on one
+thread. So on CPU "gram" deals its column blocks to one part per core (about as many block
+pairs each) and runs the parts at once from Python threads; each part is the same compiled
+program with its own list of blocks, and the parts' sums are added on the host. Elsewhere, and
+under tracing, it is one part.
 
 **Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
-(``xla_cpu_use_fusion_emitters=False``, as the tests; "gram" compiled in 0.42 CPU-s
-against 0.44, ran the same), and "pairs" without
-the YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``): an earlier form of it
-deadlocked in 5 of 8 fresh processes at the default flags and 0 of 10 with the option
-(jaxlib 0.10.2; this form rarely either way, RESULTS_circuits.md); "gram" keeps them (its inner
-products run about 2x faster with them). A jaxlib that rejects an option gets the defaults.
+(``xla_cpu_use_fusion_emitters=False``, as the tests); "gram" at backend optimisation level
+1 (it compiled in 0.15-0.18 CPU-s against 0.25-0.35 at the default level, and ran the same);
+"pairs" without the YNNPACK fusions (``xla_cpu_experimental_ynn_fusion_type=""``): an earlier
+form of it deadlocked in 5 of 8 fresh processes at the default flags and 0 of 10 with the
+option (jaxlib 0.10.2; this form rarely either way, RESULTS_circuits.md); "gram" keeps them
+(its inner products run about 2x faster with them). A jaxlib that rejects an option gets the
+defaults.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -77,22 +88,34 @@ MODES = ("Q", "K", "V")
 METHODS = ("pairs", "gram")
 AXES = ("src_layer", "src_head", "dst_layer", "dst_head")
 _BLOCK = 128  # "gram": the d_model axis in blocks of about this size
-# Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md, 2026-12-02 06:40): CPU-seconds
+# Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md, 2026-12-02 10:10): CPU-seconds
 # of a first call beyond its run (trace and compile; "pairs" compiles eigh) and the run's FLOPs
-# per CPU-second (2-6 layers, d_model 768). flop_count picks the cheaper first call.
-_COST = {"gram": (0.55, 38e9), "pairs": (0.9, 54e9)}
+# per CPU-second (2-12 layers, d_model 768). flop_count picks the cheaper first call.
+_COST = {"gram": (0.2, 47e9), "pairs": (0.55, 57e9)}
 
 
 def _t(x: Array) -> Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def _factors(W_Q, W_K, W_V, W_O, mode: str) -> tuple[Array, Array, Array, Array]:
-    """``(A_1, B_1, A_2, B_2^T)``: ``W_A = A_1 B_1`` (OV of every head) and ``W_B = A_2 B_2``
-    (the mode's input of every head), ``[n_layers, n_heads, ., .]``. ``B_2`` comes transposed
-    (``[d_model, d_head]`` like ``A_2``) so the three modes are one compiled program."""
-    A2, C2 = {"Q": (W_Q, W_K), "K": (W_K, W_Q), "V": (W_V, None)}[mode]
-    return W_V, W_O, A2, _t(W_O) if C2 is None else C2
+def _factors(W_Q, W_K, W_V, W_O, mode: str) -> tuple[tuple[Array, Array, Array, Array], bool]:
+    """``(A_1, B_1, A_2, C_2)`` and whether ``C_2`` is ``[d_head, d_model]``: ``W_A = A_1 B_1``
+    (OV of every head), ``W_B = A_2 B_2`` (the mode's input of every head) with ``B_2 B_2^T``
+    the Gram of ``C_2`` (``W_K`` or ``W_Q`` as stored, ``[d_model, d_head]``; for V ``W_O``,
+    ``[d_head, d_model]``). All ``[n_layers, n_heads, ., .]``, as stored: nothing is copied."""
+    A2, C2 = {"Q": (W_Q, W_K), "K": (W_K, W_Q), "V": (W_V, W_O)}[mode]
+    return (W_V, W_O, A2, C2), mode == "V"
+
+
+def _flat(x: Array) -> Array:
+    """``[n_layers, n_heads, ...]`` as ``[n_layers * n_heads, ...]``."""
+    return x.reshape(-1, *x.shape[2:])
+
+
+def _gram_e(x: Array, rows: bool) -> Array:
+    """The ``d_head x d_head`` Gram over ``d_model``: ``x^T x`` of ``[.., d_model, d_head]``,
+    ``x x^T`` of ``[.., d_head, d_model]`` (``rows``)."""
+    return jnp.einsum("ned,nfd->nef", x, x) if rows else jnp.einsum("nde,ndf->nef", x, x)
 
 
 def _n_blocks(d: int) -> int:
@@ -101,33 +124,50 @@ def _n_blocks(d: int) -> int:
     return min((n for n in range(1, d + 1) if d % n == 0), key=lambda n: abs(math.log(n / target)))
 
 
-def _gram(A1, B1, A2, C2, H: int) -> tuple[Array, Array, Array]:
-    """``<W_A^T W_A, W_B W_B^T>`` for the earlier heads (rows ``0 .. N``) and the later ones
-    (rows ``H ..``), and both sides' ``||W||_F^2``. Each side is ``Z = U G U^T`` with
-    ``U [d, e]`` and a ``d_head`` Gram ``G`` (``W_A^T W_A = B_1^T (A_1^T A_1) B_1``,
-    ``W_B W_B^T = A_2 (B_2 B_2^T) A_2^T``), so ``||W||_F^2 = tr Z = sum(U * U G)``. ``Z`` is
-    formed one ``b x b`` block at a time (the blocks on and above the diagonal, the others by
-    symmetry: weight 2) and each block's inner products added right away."""
-    N, e, d = B1.shape[0] - H, B1.shape[1], B1.shape[2]
-    U, V = _t(B1[:N]), A2[H:]  # [N, d, e]
-    Uw = U @ jnp.einsum("nde,ndf->nef", A1[:N], A1[:N])  # U G_A
-    Vw = V @ jnp.einsum("nde,ndf->nef", C2[H:], C2[H:])  # V G_D, G_D = B_2 B_2^T
-    norm_a, norm_b = (U * Uw).sum((1, 2)), (V * Vw).sum((1, 2))
-    nb = _n_blocks(d)
-    b = d // nb
-    # [nb, N, e, b]: block i of every head, contiguous (the scan slices the leading axis)
-    blocks = lambda z: jnp.transpose(z.reshape(N, nb, b, e), (1, 0, 3, 2))  # noqa: E731
-    U, Uw, V, Vw = map(blocks, (U, Uw, V, Vw))
-    rows, cols = np.triu_indices(nb)
-    weight = jnp.asarray(np.where(rows == cols, 1.0, 2.0), B1.dtype)
+def _block_plan(nb: int, n_parts: int) -> np.ndarray:
+    """The column blocks ``j`` of the d_model axis dealt to ``n_parts`` parts so that each
+    part gets about as many block pairs ``(i <= j)`` (``j + 1`` for block ``j``; largest first,
+    to the lightest part), each part padded with ``-1`` (nothing) to one length:
+    ``[n_parts, blocks a part]``."""
+    parts: list[list[int]] = [[] for _ in range(min(n_parts, nb))]
+    for j in reversed(range(nb)):
+        min(parts, key=lambda p: sum(k + 1 for k in p)).append(j)
+    width = max(map(len, parts))
+    return np.array([p + [-1] * (width - len(p)) for p in parts], np.int32)
 
-    def block(num, ijw):
-        i, j, w = ijw
-        x = jnp.einsum("nei,nej->nij", U[i], Uw[j]).reshape(N, -1)
-        y = jnp.einsum("nei,nej->nij", V[i], Vw[j]).reshape(N, -1)
-        return num + w * (x @ y.T), None  # the weight after the product: on y, 20% slower
 
-    num, _ = lax.scan(block, jnp.zeros((N, N), B1.dtype), (jnp.asarray(rows), jnp.asarray(cols), weight))
+def _gram_part(A1, B1, A2, C2, js, *, H: int, nb: int, c2_rows: bool) -> tuple[Array, Array, Array]:
+    """One part of "gram": for each column block ``j`` in ``js`` (``-1``: none) and every
+    ``i <= j``, the ``b x b`` blocks ``Z_ij = B_1i^T (G_A B_1j)`` of every earlier head and
+    ``Y_ij = A_2i (A_2j G_D)^T`` of every later one (``[heads, b b]``) and their inner
+    products ``Z_ij . Y_ij`` (weight 2 off the diagonal: ``Z_ji = Z_ij^T``), summed; with the
+    norms' share ``tr Z_jj``, ``tr Y_jj``. Returns ``num [N, N]``, ``||W_A||^2 [N]``,
+    ``||W_B||^2 [N]`` summed over this part's blocks."""
+    A1, B1, A2, C2 = map(_flat, (A1, B1, A2, C2))
+    LH, e, d = B1.shape
+    N, b = LH - H, d // nb
+    G_A = _gram_e(A1, False)[:N]  # W_V^T W_V of the earlier heads
+    G_D = _gram_e(C2, c2_rows)[H:]  # B_2 B_2^T of the later heads
+    src = lambda k: lax.dynamic_slice(B1, (0, 0, k * b), (N, e, b))  # noqa: E731  B_1 columns of block k
+    dst = lambda k: lax.dynamic_slice(A2, (H, k * b, 0), (N, b, e))  # noqa: E731  A_2 rows of block k
+
+    def column(carry, j):
+        num, norm_a, norm_b = carry
+        jj = jnp.maximum(j, 0)
+        B1j, A2j = src(jj), dst(jj)
+        Uw, Vw = G_A @ B1j, A2j @ G_D  # [N, e, b], [N, b, e]
+        live = (j >= 0).astype(num.dtype)
+
+        def pair(i, num):
+            x = jnp.einsum("nei,nej->nij", src(i), Uw).reshape(N, -1)
+            y = jnp.einsum("nie,nje->nij", dst(i), Vw).reshape(N, -1)
+            return num + jnp.where(i == j, 1.0, 2.0).astype(num.dtype) * (x @ y.T)
+
+        num = lax.fori_loop(0, j + 1, pair, num)  # j = -1: no pair
+        return (num, norm_a + live * (B1j * Uw).sum((1, 2)), norm_b + live * (A2j * Vw).sum((1, 2))), None
+
+    zeros = jnp.zeros((N,), B1.dtype)
+    (num, norm_a, norm_b), _ = lax.scan(column, (jnp.zeros((N, N), B1.dtype), zeros, zeros), js)
     return num, norm_a, norm_b
 
 
@@ -138,13 +178,14 @@ def _root(g: Float[Array, "... e e"]) -> Float[Array, "... e e"]:
     return jnp.sqrt(jnp.maximum(w, 0.0))[..., :, None] * _t(v)
 
 
-def _pairs(A1, B1, A2, C2, H: int) -> tuple[Array, Array, Array]:
+def _pairs(A1, B1, A2, C2, *, H: int, c2_rows: bool) -> tuple[Array, Array, Array]:
     """``||P_A Q_B||^2`` with the whitened ``P_A = R_A B_1``, ``Q_B = A_2 R_D^T``: one
     ``[H e, d] x [d, H e]`` product per (earlier layer, later layer) tile, squared and
     summed per ``e x e`` block right after; and both sides' ``||W||_F^2 = <G_A, B_1 B_1^T>``."""
+    A1, B1, A2, C2 = map(_flat, (A1, B1, A2, C2))
     N, e, d = B1.shape[0] - H, B1.shape[1], B1.shape[2]
     n = N // H
-    g_a, g_d = _t(A1[:N]) @ A1[:N], _t(C2[H:]) @ C2[H:]
+    g_a, g_d = _gram_e(A1, False)[:N], _gram_e(C2, c2_rows)[H:]
     norm_a = (g_a * (B1[:N] @ _t(B1[:N]))).sum((-1, -2))
     norm_b = ((_t(A2[H:]) @ A2[H:]) * g_d).sum((-1, -2))
     P = (_root(g_a) @ B1[:N]).reshape(n, H * e, d)
@@ -170,7 +211,8 @@ def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: s
     nb = _n_blocks(d)
     b = d // nb
     blocks = nb * (nb + 1) // 2
-    gram = 2 * N * (4.0 * d * e * e + 2.0 * d * e) + blocks * (2 * 2.0 * N * e * b * b + 2.0 * N * N * b * b)
+    gram = 2 * (2.0 * L * H * d * e * e + N * (2.0 * d * e * e + 2.0 * d * e)) \
+        + blocks * (2 * 2.0 * N * e * b * b + 2.0 * N * N * b * b)
     tiles = (L - 1) * L // 2
     pairs = 2 * N * (6.0 * d * e * e + 9.0 * e**3) + tiles * 2.0 * (H * e) ** 2 * d
     if method is None:
@@ -179,44 +221,76 @@ def flop_count(n_layers: int, n_heads: int, d_model: int, d_head: int, method: s
     return method, gram if method == "gram" else pairs
 
 
-def _scores(A1, B1, A2, C2, method: str) -> Float[Array, "l h l h"]:
-    L, H = A1.shape[:2]
-    n = L - 1
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    num2, norm_a, norm_b = (_gram if method == "gram" else _pairs)(flat(A1), flat(B1), flat(A2), flat(C2), H)
-    s = jnp.sqrt(jnp.maximum(num2, 0.0).reshape(n, H, n, H)
-                 / (norm_a.reshape(n, H, 1, 1) * norm_b.reshape(1, 1, n, H)))
-    later = jnp.arange(n)[:, None] <= jnp.arange(n)[None, :]  # src layer i, dst layer k + 1
-    s = jnp.where(later[:, None, :, None], s, 0.0)
-    return jnp.pad(s, ((0, 1), (0, 0), (1, 0), (0, 0)))
+def _finish(parts: list[tuple[Array, Array, Array]], n: int, H: int, xp=np) -> Array:
+    """Scores from the parts' sums: ``sqrt(num / (||W_A||^2 ||W_B||^2))``, zero unless the
+    later head's layer is later, ``[n_layers, n_heads, n_layers, n_heads]``. ``xp``: numpy
+    for finished parts (a few ``[N, N]`` operations on the host, nothing to compile), jax.numpy
+    under tracing."""
+    num2, norm_a, norm_b = (sum(x[1:], x[0]) for x in zip(*parts, strict=True))
+    s = xp.sqrt(xp.maximum(num2, 0.0).reshape(n, H, n, H)
+                / (norm_a.reshape(n, H, 1, 1) * norm_b.reshape(1, 1, n, H)))
+    later = np.arange(n)[:, None] <= np.arange(n)[None, :]  # src layer i, dst layer k + 1
+    s = xp.where(later[:, None, :, None], s, 0.0)
+    return xp.pad(s, ((0, 1), (0, 0), (1, 0), (0, 0)))
 
 
 # Per-program XLA CPU options (module docstring): the older elemental emitters (a little faster
 # to compile here, same run time: the tests' flag); "pairs" also without the YNNPACK fusions,
 # under which it deadlocked in some fresh processes. Other backends compile with their defaults.
 _CPU_OPTIONS = {
-    "gram": {"xla_cpu_use_fusion_emitters": False},
+    "gram": {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1},
     "pairs": {"xla_cpu_use_fusion_emitters": False, "xla_cpu_experimental_ynn_fusion_type": ""},
 }
 _OPTIONS_REJECTED: set[str] = set()
 
 
 @functools.cache
-def _program(method: str, options: bool):
+def _program(method: str, options: bool, **static):
     opts = _CPU_OPTIONS[method] if options else None
-    return jax.jit(functools.partial(_scores, method=method), compiler_options=opts)
+    return jax.jit(functools.partial(_gram_part if method == "gram" else _pairs, **static), compiler_options=opts)
 
 
-def _run(factors: tuple[Array, ...], method: str) -> Array:
-    if jax.default_backend() != "cpu" or method in _OPTIONS_REJECTED:
-        return _program(method, False)(*factors)
+def _run(method: str, args: tuple, static: dict, traced: bool) -> tuple[Array, Array, Array]:
+    if traced or jax.default_backend() != "cpu" or method in _OPTIONS_REJECTED:  # options: top-level jit only
+        return _program(method, False, **static)(*args)
     try:
-        return _program(method, True)(*factors)
+        return _program(method, True, **static)(*args)
     except jax.errors.JaxRuntimeError as err:  # a jaxlib that does not know an option
         if "compile option" not in str(err):
             raise
         _OPTIONS_REJECTED.add(method)
-        return _program(method, False)(*factors)
+        return _program(method, False, **static)(*args)
+
+
+def _cpu_parts() -> int:
+    """How many parts "gram" runs at once: one per core on CPU, where XLA runs each batched
+    ``d_head`` product on one thread; one elsewhere."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _scores(factors: tuple[Array, ...], c2_rows: bool, H: int, method: str) -> Array:
+    """"pairs" as one program; "gram" as parts over the d_model blocks, on CPU one per core
+    run side by side (threads); the parts' sums finished on the host (:func:`_finish`)."""
+    L = factors[0].shape[0]
+    traced = any(isinstance(x, jax.core.Tracer) for x in factors)
+    if method == "pairs":
+        parts = [_run("pairs", factors, {"H": H, "c2_rows": c2_rows}, traced)]
+    else:
+        nb = _n_blocks(factors[1].shape[-1])
+        plan = _block_plan(nb, 1 if traced else _cpu_parts())
+        static = {"H": H, "nb": nb, "c2_rows": c2_rows}
+        run = lambda js: jax.block_until_ready(_run("gram", (*factors, js), static, traced))  # noqa: E731
+        if len(plan) == 1:
+            parts = [run(plan[0])]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(len(plan)) as pool:
+                parts = list(pool.map(run, plan))
+    if traced:
+        return _finish(parts, L - 1, H, jnp)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a head with zero weights: NaN, as under jit
+        return jax.device_put(_finish([tuple(map(np.asarray, p)) for p in parts], L - 1, H))
 
 
 def composition_scores(model: HookedTransformer, mode: str, *, method: str | None = None) -> NamedArray:
@@ -245,7 +319,8 @@ def composition_scores(model: HookedTransformer, mode: str, *, method: str | Non
     if cfg.n_layers < 2:
         raise ConfigError(f"composition needs at least 2 layers, this model has {cfg.n_layers}")
     chosen, _ = flop_count(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, method)
-    values = _run(_factors(*attention_weights(model), mode), chosen)
+    factors, c2_rows = _factors(*attention_weights(model), mode)
+    values = _scores(factors, c2_rows, cfg.n_heads, chosen)
     return NamedArray(values, AXES, attrs={"mode": mode, "method": chosen})
 
 
