@@ -109,3 +109,19 @@ def test_compiler_options_a_jaxlib_rejects_fall_back(monkeypatch):
     finally:
         comp._program.cache_clear()
     np.testing.assert_allclose(np.asarray(got), dense_scores(model, "V"), rtol=2e-4, atol=1e-6)
+
+
+def test_gram_parts_side_by_side_equal_one_part(monkeypatch):
+    """"gram" split over d_model blocks run at once (threads on CPU): the same scores as one
+    part and as the dense products, for every way of dealing the blocks."""
+    from jaxinterp.circuits import composition as comp
+
+    cfg = ji.gpt2_config(d_model=384, n_layers=3, n_heads=4, d_vocab=20, n_ctx=8)  # 3 blocks of 128
+    model = ji.init_transformer(cfg, jax.random.key(5))
+    ref = dense_scores(model, "K")
+    for parts in (1, 2, 3):
+        monkeypatch.setattr(comp, "_cpu_parts", lambda parts=parts: parts)
+        got = np.asarray(composition_scores(model, "K", method="gram"))
+        np.testing.assert_allclose(got, ref, rtol=2e-4, atol=1e-6)
+    assert comp._block_plan(6, 2).tolist() == [[5, 2, 1], [4, 3, 0]]  # 11 and 10 block pairs
+    assert comp._block_plan(3, 2).tolist() == [[2, -1], [1, 0]]  # 3 and 3 pairs; -1: nothing
