@@ -44,15 +44,24 @@ def forward_flops(cfg, B: int, P: int, unembed_rows: int) -> float:
     return cfg.n_layers * B * P * per_token + 2 * unembed_rows * d * cfg.d_vocab
 
 
-def contraction_flops(graph: Graph, cfg, B: int, P: int) -> tuple[float, float]:
-    """(the full ``[U, B P d] x [B P d, V]`` product, the valid edges' share of it)."""
+def contraction_flops(graph: Graph, cfg, B: int, P: int) -> tuple[float, float, float]:
+    """(the full ``[U, B P d] x [B P d, V]`` product, the valid edges' share of it, forming
+    every destination's ``ghat = (w W_v) (g_v / s)``)."""
     full = 2 * graph.n_src * graph.n_dst * B * P * cfg.d_model
-    return full, full * graph.valid.mean()
+    per_layer = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.d_head
+    if cfg.has_mlp:
+        per_layer += cfg.d_mlp * (2 if cfg.gated_mlp else 1)
+    return full, full * graph.valid.mean(), 2 * B * P * cfg.d_model * per_layer * cfg.n_layers
+
+
+def temp_mb(fn) -> float:
+    """The compiled program's temporary buffers (MB): XLA's CPU touches them afresh each call,
+    paying a page fault per 4 KiB."""
+    return fn.lower().compile().memory_analysis().temp_size_in_bytes / 1e6
 
 
 def stages(model, clean, corrupted, metric):
     graph = Graph.from_config(model.cfg)
-    cfg = model.cfg
 
     @jax.jit
     def fwd_corrupt(model, corrupted):
@@ -63,29 +72,23 @@ def stages(model, clean, corrupted, metric):
         return _probe.probe_grads(model, clean, metric)
 
     @jax.jit
-    def fold(model, grads, x_pre, x_mid, proj):
-        return _fold.fold_grads(model, graph, grads, x_pre, x_mid, proj, 1)
-
-    @jax.jit
     def expand(model, a, b):
         return (a - b).expand(model)
 
     @jax.jit
-    def contract(diff, folded):
-        return _fold.contract_folded(diff, folded, graph.valid)
+    def scores(model, grads, x_pre, x_mid, proj, diff):
+        return _fold.folded_scores(model, graph, grads, x_pre, x_mid, proj, 1, diff)
 
     _, corrupt_acts = fwd_corrupt(model, corrupted)
     _, clean_acts, grads, x_pre, x_mid, proj = fwd_bwd_clean(model, clean)
-    folded = fold(model, grads, x_pre, x_mid, proj)
     diff = expand(model, corrupt_acts, clean_acts)
     plain = jax.jit(lambda m, t: m(t))
     return {
         "plain forward": lambda: plain(model, clean),
         "corrupted probe forward": lambda: fwd_corrupt(model, corrupted),
         "clean probe forward+backward": lambda: fwd_bwd_clean(model, clean),
-        "fold_grads": lambda: fold(model, grads, x_pre, x_mid, proj),
         "NodeActs.expand (diff)": lambda: expand(model, corrupt_acts, clean_acts),
-        "contract_folded": lambda: contract(diff, folded),
+        "folded_scores": lambda: scores(model, grads, x_pre, x_mid, proj, diff),
         "EAP (whole call)": lambda: _attribute(model, graph, clean, corrupted, metric, "EAP", 5, 8),
         "pass floor (EAP)": pass_floor(model, clean, corrupted, metric, 0),
     }
@@ -108,23 +111,27 @@ def measure(fns: dict, rounds: int, inner: int) -> dict:
 def report(label, model, clean, corrupted, metric, rounds, inner):
     cfg, (B, P) = model.cfg, clean.shape
     graph = Graph.from_config(cfg)
-    times = measure(stages(model, clean, corrupted, metric), rounds, inner)
+    fns = stages(model, clean, corrupted, metric)
+    times = measure(fns, rounds, inner)
     f_plain = forward_flops(cfg, B, P, B * P)
     f_probe = forward_flops(cfg, B, P, B)  # the probe unembeds only the positions the metric reads
-    full, valid = contraction_flops(graph, cfg, B, P)
+    full, valid, ghat = contraction_flops(graph, cfg, B, P)
     flops = {"plain forward": f_plain, "corrupted probe forward": f_probe,
-             "clean probe forward+backward": 3 * f_probe, "contract_folded": full}
+             "clean probe forward+backward": 3 * f_probe, "folded_scores": full + ghat}
     c0 = times["plain forward"][0]
     print(f"\n== {label}: batch {B}x{P}, U={graph.n_src} sources, V={graph.n_dst} destinations, "
           f"{graph.n_edges} edges ({100 * graph.valid.mean():.0f}% of U x V); forward {f_plain / 1e6:.0f} MFLOP "
           f"({f_probe / 1e6:.0f} unembedding only the last position); contraction {full / 1e6:.0f} MFLOP "
-          f"(valid edges only {valid / 1e6:.0f}) ==")
+          f"(valid edges only {valid / 1e6:.0f}), forming ghat {ghat / 1e6:.0f} MFLOP ==")
     print(f"{'stage':<30} {'MFLOP':>8} {'CPU-ms':>8} {'wall-ms':>8} {'/forward':>9}")
     for name, (c, w) in times.items():
         f = flops.get(name)
         print(f"{name:<30} {'' if f is None else f'{f / 1e6:8.0f}':>8} {c * 1e3:8.2f} {w * 1e3:8.2f} {c / c0:9.2f}")
-    parts = sum(times[k][0] for k in list(times)[1:6])
-    print(f"sum of the five stages {parts / c0:.2f} forwards; EAP / floor "
+    parts = sum(times[k][0] for k in list(times)[1:5])
+    mem = {name: temp_mb(jax.jit(lambda fn=fn: fn())) for name, fn in fns.items()
+           if name in ("plain forward", "EAP (whole call)", "pass floor (EAP)")}
+    print("temporary buffers per call: " + ", ".join(f"{k} {v:.1f} MB" for k, v in mem.items()))
+    print(f"sum of the four stages {parts / c0:.2f} forwards; EAP / floor "
           f"{times['EAP (whole call)'][0] / times['pass floor (EAP)'][0]:.2f}x (CPU-seconds)", flush=True)
 
 
