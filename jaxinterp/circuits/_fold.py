@@ -16,10 +16,11 @@ with ``alpha_v = mean_d(ghat_v)`` and ``beta_v = mean_d(xh ghat_v)``, both ``[B,
 computed in the projection's own (``d_head`` or ``d_mlp``) space: ``alpha_v = (g_v / s) .
 (w W_v)^T 1 / d`` and ``beta_v = (g_v / s) . (xh (w W_v)) / d``. ``ghat_v`` is one matrix
 product, summed over EAP-IG's stacked copies before it; the norm never costs a pass over
-``[V, B, P, d]``. The two rank-one corrections join the one contraction as extra columns:
-``[diff_u, sum_d diff_u, <diff_u, xh_(site, copy)>]`` against ``[ghat_v, -alpha_v, -beta_v``
-at its own site``]``, where a site is the residual a norm reads (each layer's attention
-input, then each layer's MLP input).
+``[V, B, P, d]``. One layer of destinations at a time (``lax.scan``; on XLA's CPU a fresh
+megabyte of temporaries costs about half a millisecond of page faults each call, so the
+loop's reused buffers beat one ``[V, B, P, d]`` array), the scores are ``[U, B P d] x
+[B P d, n]`` against that layer's ``ghat``, less ``sum_d diff_u`` ``[U, B P]`` against
+``alpha`` and ``<diff_u, xh_k>`` ``[U, K B P]`` (one per copy ``k``) against ``beta``.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def _join(parts: list, heads: bool) -> tuple[Array, Array, Array]:
 
 
 def _dot(right: Float[Array, "n ..."], left: Float[Array, "U N"]) -> Float[Array, "U n"]:
-    """``left right^T`` over the flattened trailing axes, computed as ``(right left^T)^T``:
-    XLA's CPU ran ``[U, N] x [N, V]`` with the many-rowed operand first about twice as fast."""
+    """``left right^T`` over the flattened trailing axes, computed as ``(right left^T)^T``
+    (the destinations first: XLA's CPU ran ``[V, N] x [N, U]`` about twice as fast as
+    ``[U, N] x [N, V]`` at bench_circuits.py's GPT-2 shapes)."""
     out = jax.lax.dot_general(right.reshape(right.shape[0], -1), left, (((1,), (1,)), ((), ())))
     return out.T
 

@@ -24,10 +24,11 @@ forward passes and one backward pass; EAP-IG-inputs one forward pass over the cl
 corrupted batches together and ``m`` forward and backward passes (batched);
 EAP-IG-activations ``(2 n_layers + 1) m`` of them. The passes are the model's own
 (:mod:`._probe`): heads' outputs are kept as ``z`` and expanded to ``z_h W_O[h]`` only for
-the clean-corrupted difference, and every edge comes from one matrix product
-``[U, B P d] x [B P d, V]`` into which the layer norms' Jacobians are folded (:mod:`._fold`:
-a destination's gradient is one product ``(w W)^T (g / s)`` summed over EAP-IG's copies, plus
-two rank-one corrections as extra columns, so no pass over ``[V, B, P, d]`` per copy). :func:`exact_edge_scores` patches every edge for real, to
+the clean-corrupted difference, and the edges into one layer's destinations come from one
+matrix product ``[U, B P d] x [B P d, n]`` into which the layer norms' Jacobians are folded
+(:mod:`._fold`: a destination's gradient is one product ``(w W)^T (g / s)`` summed over
+EAP-IG's copies, plus two rank-one corrections, so no pass over ``[V, B, P, d]``; a scan over
+the layers keeps the largest array one layer's). :func:`exact_edge_scores` patches every edge for real, to
 check the estimates.
 """
 
