@@ -5,9 +5,10 @@
         python experiments/benchmarks/bench_eap_stages.py      # one core
 
 Stages (their inputs computed beforehand): the corrupted probe forward, the clean probe
-forward and backward with the zero deltas, folding the gradients (:mod:`jaxinterp.circuits._fold`),
-the corrupted-minus-clean node outputs, and the edge contraction; then the whole EAP call
-and the pass floor (``bench_circuits.pass_floor``). Times are CPU-seconds
+forward and backward with the zero deltas, the corrupted-minus-clean node outputs, and the
+folded gradients' contraction into edge scores (``_fold.folded_scores``); then the whole EAP
+call and the pass floor (``bench_circuits.pass_floor``), and the compiled programs'
+temporary buffers (XLA's CPU pays about 0.45 ms of page faults per fresh MB each call). Times are CPU-seconds
 (``time.process_time``, all threads) and wall, medians of rounds in which every stage and
 the plain forward run back to back; ratios are to the plain forward of the same round.
 """
