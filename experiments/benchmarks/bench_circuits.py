@@ -14,6 +14,9 @@
     python experiments/benchmarks/bench_circuits.py --skip-composition   # edge attribution and detectors only
     python experiments/benchmarks/bench_circuits.py --composition-only   # composition scores only
 
+Where one EAP call's time goes (each stage its own jitted function, FLOPs, temporaries):
+``experiments/benchmarks/bench_eap_stages.py``.
+
 The 12-layer TransformerLens comparison needs about 16 GB free (it is skipped, with a
 message, when /proc/meminfo shows less).
 """

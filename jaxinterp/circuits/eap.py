@@ -24,10 +24,11 @@ forward passes and one backward pass; EAP-IG-inputs one forward pass over the cl
 corrupted batches together and ``m`` forward and backward passes (batched);
 EAP-IG-activations ``(2 n_layers + 1) m`` of them. The passes are the model's own
 (:mod:`._probe`): heads' outputs are kept as ``z`` and expanded to ``z_h W_O[h]`` only for
-the clean-corrupted difference, and every edge comes from one matrix product
-``[U, B P d] x [B P d, V]`` into which the layer norms' Jacobians are folded (:mod:`._fold`:
-a destination's gradient is one product ``(w W)^T (g / s)`` summed over EAP-IG's copies, plus
-two rank-one corrections as extra columns, so no pass over ``[V, B, P, d]`` per copy). :func:`exact_edge_scores` patches every edge for real, to
+the clean-corrupted difference, and the edges into one layer's destinations come from one
+matrix product ``[U, B P d] x [B P d, n]`` into which the layer norms' Jacobians are folded
+(:mod:`._fold`: a destination's gradient is one product ``(w W)^T (g / s)`` summed over
+EAP-IG's copies, plus two rank-one corrections, so no pass over ``[V, B, P, d]``; a scan over
+the layers keeps the largest array one layer's). :func:`exact_edge_scores` patches every edge for real, to
 check the estimates.
 """
 
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from jaxinterp.circuits._fold import FoldedGrads, contract_folded, fold_grads
+from jaxinterp.circuits._fold import folded_scores
 from jaxinterp.circuits._graph_forward import EdgeMix, graph_forward
 from jaxinterp.circuits._probe import Interpolation, probe_forward, probe_grads
 from jaxinterp.circuits.graph import Graph
@@ -57,38 +58,33 @@ def _divisor_at_most(n: int, chunk: int) -> int:
     return max(k for k in range(1, min(n, max(chunk, 1)) + 1) if n % k == 0)
 
 
-def _mean_over(fn: Callable[[Array], FoldedGrads], xs: Array, chunk: int) -> FoldedGrads:
+def _mean_over(fn: Callable[[Array], Array], xs: Array, chunk: int) -> Array:
     """``mean_i fn(xs[i:i+k])`` over chunks of ``k <= chunk`` rows (``fn`` takes a chunk and
-    returns its mean), in one program; the chunks' copies become one axis of copies."""
+    returns its mean), in one program."""
     k = _divisor_at_most(xs.shape[0], chunk)
     if k == xs.shape[0]:  # one chunk: no loop (XLA's CPU ran the pass 1.5-3x slower inside one)
         return fn(xs)
-    f = jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:]))
-    n = f.ghat.shape[0]
-    if f.alpha is None:
-        return FoldedGrads(f.ghat.mean(0), None, None, None, f.site)
-    beta = jnp.moveaxis(f.beta, 0, 1) / n  # [V, C, K, B, P]
-    xh = jnp.moveaxis(f.xh, 0, 1)  # [S, C, K, B, P, d]
-    return FoldedGrads(f.ghat.mean(0), f.alpha.mean(0), beta.reshape((beta.shape[0], -1) + beta.shape[3:]),
-                       xh.reshape((xh.shape[0], -1) + xh.shape[3:]), f.site)
+    return jax.lax.map(fn, xs.reshape((-1, k) + xs.shape[1:])).mean(0)
 
 
 @eqx.filter_jit
 def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps: int, chunk: int):
     B = clean.shape[0]
-    absorb = method == "EAP-IG-activations"  # its 45 copies: corrections summed per copy (_fold)
 
-    def folded(k, **kw):
-        value, acts, grads, x_pre, x_mid, proj = probe_grads(model, clean, metric, copies=k, **kw)
-        return fold_grads(model, graph, grads, x_pre, x_mid, proj, k, absorb), (value, acts)
+    def scores(diff, k, **kw):  # edge scores from one pass over k stacked copies (the metric is their mean)
+        _, _, grads, x_pre, x_mid, proj = probe_grads(model, clean, metric, copies=k, **kw)
+        return folded_scores(model, graph, grads, x_pre, x_mid, proj, k, diff)
 
     if method == "EAP":  # 1 forward (corrupted), 1 forward + backward (clean)
         corrupt_logits, corrupt_acts, _, _ = probe_forward(model, corrupted)
-        grads, (m_clean, clean_acts) = folded(1)
-    else:  # clean and corrupted in one forward pass over both batches
-        logits, both, _, _ = probe_forward(model, jnp.concatenate([clean, corrupted]))
-        clean_acts, corrupt_acts = both.rows(slice(None, B)), both.rows(slice(B, None))
-        m_clean, corrupt_logits = batch_mean(metric, logits[:B]), logits[B:]
+        m_clean, clean_acts, grads, x_pre, x_mid, proj = probe_grads(model, clean, metric)
+        out = folded_scores(model, graph, grads, x_pre, x_mid, proj, 1, (corrupt_acts - clean_acts).expand(model))
+        return out, m_clean, batch_mean(metric, corrupt_logits)
+    # clean and corrupted in one forward pass over both batches
+    logits, both, _, _ = probe_forward(model, jnp.concatenate([clean, corrupted]))
+    clean_acts, corrupt_acts = both.rows(slice(None, B)), both.rows(slice(B, None))
+    m_clean, corrupt_logits = batch_mean(metric, logits[:B]), logits[B:]
+    diff = (corrupt_acts - clean_acts).expand(model)
     # EAP-IG: each chunk of k steps is one pass over k stacked copies of the batch
     if method == "EAP-IG-inputs":
         x_clean, x_corrupt = clean_acts.embed, corrupt_acts.embed
@@ -96,10 +92,10 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         def at(alphas):
             a = alphas[:, None, None, None].astype(x_clean.dtype)
             embed = (x_corrupt[None] + a * (x_clean - x_corrupt)[None]).reshape((-1,) + x_clean.shape[1:])
-            return folded(alphas.shape[0], input_embed=embed)[0]
+            return scores(diff, alphas.shape[0], input_embed=embed)
 
-        grads = _mean_over(at, jnp.arange(steps, dtype=x_clean.dtype) / steps, chunk)
-    elif method == "EAP-IG-activations":
+        out = _mean_over(at, jnp.arange(steps, dtype=x_clean.dtype) / steps, chunk)
+    else:  # EAP-IG-activations
         n_groups = 1 + model.cfg.n_layers * (2 if model.cfg.has_mlp else 1)
         index = jnp.arange(n_groups)
         codes = index if model.cfg.has_mlp else 2 * index - (index > 0)  # no MLP groups: 0, 1, 3, 5...
@@ -108,11 +104,10 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         def at(gk):
             interp = Interpolation(gk[:, 0], gk[:, 1].astype(clean_acts.embed.dtype) / steps, clean_acts,
                                    corrupt_acts)
-            return folded(gk.shape[0], interp=interp)[0]
+            return scores(diff, gk.shape[0], interp=interp)
 
-        grads = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
-    scores = contract_folded((corrupt_acts - clean_acts).expand(model), grads, graph.valid)
-    return scores, m_clean, batch_mean(metric, corrupt_logits)
+        out = _mean_over(at, jnp.stack([group.ravel(), k.ravel()], 1), chunk)
+    return out, m_clean, batch_mean(metric, corrupt_logits)
 
 
 def check_pair(model: HookedTransformer, clean: ArrayLike, corrupted: ArrayLike) -> tuple[Array, Array]:
