@@ -94,8 +94,8 @@ def bench(name: str, rounds: int) -> None:
     for k in wall:
         print(f"{k:<9} {statistics.median(wall[k]):5.2f} forwards (wall)  {statistics.median(cpu[k]):5.2f} "
               f"forwards (CPU-s)")
-    print("first calls (compile included), wall s: "
-          + ", ".join(f"{k} {w:.2f}" for k, (w, _) in first.items()), flush=True)
+    print("first calls (compile included), wall / CPU s: "
+          + ", ".join(f"{k} {w:.2f} / {c:.2f}" for k, (w, c) in first.items()), flush=True)
 
 
 def main() -> None:
