@@ -10,7 +10,10 @@ d_model 768, 12 heads, d_vocab 2000, batch 4 x 128) it times, as jitted calls:
 - ``grad emb``: ``jax.value_and_grad`` of that metric with respect to the embeddings,
   weights closed over (EAP's and attribution patching's pass: no weight gradients);
 - ``train``: ``jax.value_and_grad`` of the mean next-token cross-entropy with respect to
-  every weight (a training step without the optimiser).
+  every weight (a training step without the optimiser);
+- ``EAP floor`` (the first two shapes): bench_circuits' ``pass_floor``, the passes edge
+  attribution patching cannot avoid (a corrupted forward and ``grad emb``), on the batches
+  bench_circuits uses (IOI prompts; random tokens with one token changed).
 
 Each round times ``forward`` (median of 3 calls in a row) and then each of the others
 once; the ratios are medians over rounds of (call / that round's forward), in wall time and
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -38,8 +42,10 @@ from jaxinterp.models.loss import lm_loss
 from jaxinterp.models.partial import embed, logits_at, positions_and_mask
 from jaxinterp.models.transformer import run_blocks
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_circuits' pass_floor
+
 SHAPES = {
-    "ioi": (dict(d_model=64, n_layers=3, n_heads=4, d_vocab=40, n_ctx=15), (64, 15)),
+    "ioi": (dict(d_model=64, n_layers=3, n_heads=4, d_vocab=47, n_ctx=15), (64, 15)),  # ioi_config(n_layers=3)
     "gpt2s": (dict(d_model=256, n_layers=4, n_heads=8, d_vocab=2000, n_ctx=64), (16, 32)),
     "gpt2-12": (dict(d_model=768, n_layers=12, n_heads=12, d_vocab=2000, n_ctx=128), (4, 128)),
 }
@@ -52,7 +58,7 @@ def clocked(fn) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def programs(model, tokens):
+def programs(name, model, tokens):
     """The jitted calls, each a thunk."""
     B, P = tokens.shape
     metric = ji.logit_diff(tokens[:, -1], (tokens[:, -1] + 1) % model.cfg.d_vocab)
@@ -65,8 +71,20 @@ def programs(model, tokens):
     value_only = jax.jit(lambda m, t: value(embed(m, t, positions)))
     grad_emb = jax.jit(lambda m, t: jax.value_and_grad(value)(embed(m, t, positions)))
     train = jax.jit(jax.value_and_grad(lambda m, t: lm_loss(m, t)))
-    return {"forward": lambda: forward(model, tokens), "metric": lambda: value_only(model, tokens),
-            "grad emb": lambda: grad_emb(model, tokens), "train": lambda: train(model, tokens)}
+    calls = {"forward": lambda: forward(model, tokens), "metric": lambda: value_only(model, tokens),
+             "grad emb": lambda: grad_emb(model, tokens), "train": lambda: train(model, tokens)}
+    if name in ("ioi", "gpt2s"):
+        from bench_circuits import pass_floor
+
+        if name == "ioi":
+            from jaxinterp.data.ioi import ioi_batch
+
+            data = ioi_batch(B, seed=1)
+            clean, corrupted, eap_metric = data.clean, data.corrupted, ji.logit_diff(data.io, data.s)
+        else:
+            clean, corrupted, eap_metric = tokens, tokens.at[:, 10].set((tokens[:, 10] + 1) % model.cfg.d_vocab), metric
+        calls["EAP floor"] = pass_floor(model, clean, corrupted, eap_metric, 0)
+    return calls
 
 
 def bench(name: str, rounds: int) -> None:
@@ -74,7 +92,7 @@ def bench(name: str, rounds: int) -> None:
     cfg = ji.gpt2_config(**kw)
     model = ji.init_transformer(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (B, P), 0, cfg.d_vocab)
-    calls = programs(model, tokens)
+    calls = programs(name, model, tokens)
     first = {k: clocked(f) for k, f in calls.items()}
     wall = {k: [] for k in calls if k != "forward"}
     cpu = {k: [] for k in calls if k != "forward"}
