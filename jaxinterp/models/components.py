@@ -107,15 +107,10 @@ def normalize(cfg: TransformerConfig, p: NormParams | None, x: Float[Array, "...
         return x
     dtype = x.dtype
     x = x.astype(jnp.float32)
-    if is_hooked(f"{name}.hook_scale"):  # a hook may edit the scale: normalise by what it returns
-        if kind == "LN":
-            x = x - x.mean(-1, keepdims=True)
-        scale = tag(f"{name}.hook_scale", jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps))
-        x = tag(f"{name}.hook_normalized", x / scale)
-    else:  # the same values, with a closed-form derivative (models/derivatives.py)
-        scale, x = D.scale_and_normalize(x, cfg.eps, kind == "LN")
-        tag(f"{name}.hook_scale", scale)
-        x = tag(f"{name}.hook_normalized", x)
+    if kind == "LN":
+        x = x - x.mean(-1, keepdims=True)
+    scale = tag(f"{name}.hook_scale", jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps))
+    x = tag(f"{name}.hook_normalized", x / scale)
     if p.w is not None:
         x = x * p.w.astype(jnp.float32)
     if p.b is not None:

@@ -27,7 +27,6 @@ changes exactly what it did before.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -85,25 +84,3 @@ def _softmax_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     y = jax.nn.softmax(x, axis=-1)
     return y, y * (t - (y * t).sum(-1, keepdims=True))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def scale_and_normalize(x: Array, eps: float, center: bool) -> tuple[Array, Array]:
-    """LayerNorm's (``center``) or RMSNorm's ``(s, n)``: ``x_c = x - mean(x)`` (or ``x``),
-    ``s = sqrt(mean(x_c^2) + eps)``, ``n = x_c / s``. Its derivative, with
-    ``m = mean(n * dx_c)``, is ``ds = m`` and ``dn = (dx_c - n m) / s``: it saves ``n`` and
-    ``s`` only (autodiff keeps ``x_c``, ``s``, ``1/s`` and ``s^2``)."""
-    if center:
-        x = x - x.mean(-1, keepdims=True)
-    scale = jnp.sqrt((x * x).mean(-1, keepdims=True) + eps)
-    return scale, x / scale
-
-
-@scale_and_normalize.defjvp
-def _scale_and_normalize_jvp(eps, center, primals, tangents):
-    (x,), (t,) = primals, tangents
-    scale, n = scale_and_normalize(x, eps, center)
-    if center:
-        t = t - t.mean(-1, keepdims=True)
-    m = (n * t).mean(-1, keepdims=True)
-    return (scale, n), (m, (t - n * m) / scale)
