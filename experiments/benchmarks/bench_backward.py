@@ -13,7 +13,8 @@ d_model 768, 12 heads, d_vocab 2000, batch 4 x 128) it times, as jitted calls:
   every weight (a training step without the optimiser);
 - ``EAP floor`` (the first two shapes): bench_circuits' ``pass_floor``, the passes edge
   attribution patching cannot avoid (a corrupted forward and ``grad emb``), on the batches
-  bench_circuits uses (IOI prompts; random tokens with one token changed).
+  bench_circuits uses (IOI prompts; random tokens with one token changed). Its gradient
+  closes over the model, so there the weights are compile-time constants.
 
 Each round times ``forward`` (median of 3 calls in a row) and then each of the others
 once; the ratios are medians over rounds of (call / that round's forward), in wall time and
@@ -64,12 +65,12 @@ def programs(name, model, tokens):
     metric = ji.logit_diff(tokens[:, -1], (tokens[:, -1] + 1) % model.cfg.d_vocab)
     positions, mask = positions_and_mask(tokens)
 
-    def value(x0):
-        return batch_mean(metric, logits_at(model, run_blocks(model, x0, positions, mask), None, P))
+    def value(x0, m):  # the weights an argument of the jitted call, not compile-time constants
+        return batch_mean(metric, logits_at(m, run_blocks(m, x0, positions, mask), None, P))
 
     forward = jax.jit(lambda m, t: m(t))
-    value_only = jax.jit(lambda m, t: value(embed(m, t, positions)))
-    grad_emb = jax.jit(lambda m, t: jax.value_and_grad(value)(embed(m, t, positions)))
+    value_only = jax.jit(lambda m, t: value(embed(m, t, positions), m))
+    grad_emb = jax.jit(lambda m, t: jax.value_and_grad(value)(embed(m, t, positions), m))
     train = jax.jit(jax.value_and_grad(lambda m, t: lm_loss(m, t)))
     calls = {"forward": lambda: forward(model, tokens), "metric": lambda: value_only(model, tokens),
              "grad emb": lambda: grad_emb(model, tokens), "train": lambda: train(model, tokens)}
