@@ -216,11 +216,14 @@ def logits_at(model: HookedTransformer, x: Float[Array, "b m d"], read: Sequence
     ``read`` (sorted ints): ``x`` holds those positions; the others' logits are zeros, so
     only the read positions are unembedded (a metric must read nothing else). ``None``:
     ``x`` holds every position, unembedded in groups so that, under ``jit``, groups that
-    nothing reads compile away.
+    nothing reads compile away. The groups are one ``lax.split``, whose transpose is one
+    concatenation: slicing each group instead would transpose to one full-size padded
+    cotangent per group, summed (with the weights traced, XLA cannot drop the unread
+    groups' zero products).
     """
     if read is None:  # the final norm once (its hooks see every position), the projection by groups
-        x = _final_norm(model, x)
-        return jnp.concatenate([_project(model, x[:, a:b]) for a, b in position_groups(n_pos)], 1)
+        groups = jax.lax.split(_final_norm(model, x), [b - a for a, b in position_groups(n_pos)], axis=1)
+        return jnp.concatenate([_project(model, g) for g in groups], 1)
     logits = unembed(model, x)
     b, v = logits.shape[0], logits.shape[-1]
     parts, at = [], 0
