@@ -22,6 +22,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxinterp.errors import ConfigError
 from jaxinterp.hooks import is_hooked
+from jaxinterp.models import derivatives as D
 from jaxinterp.models.config import TransformerConfig
 from jaxinterp.models.hook_specs import tag
 
@@ -119,16 +120,18 @@ def normalize(cfg: TransformerConfig, p: NormParams | None, x: Float[Array, "...
 
 
 def activation(name: str, x: Array) -> Array:
+    """The MLP nonlinearity; the GELUs and SiLU carry closed-form derivatives (one saved array
+    in a backward pass, see :mod:`jaxinterp.models.derivatives`)."""
     if name == "gelu_new":
-        return jax.nn.gelu(x, approximate=True)
+        return D.gelu_new(x)
     if name == "gelu":
-        return jax.nn.gelu(x, approximate=False)
+        return D.gelu(x)
     if name == "gelu_fast":
-        return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+        return D.gelu_fast(x)
     if name == "relu":
         return jax.nn.relu(x)
     if name == "silu":
-        return jax.nn.silu(x)
+        return D.silu(x)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -221,7 +224,7 @@ def attention(
     scores = soft_cap(scores, cfg.attn_scores_soft_cap)
     scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
     scores = tag("attn.hook_attn_scores", scores)
-    pattern = tag("attn.hook_pattern", jax.nn.softmax(scores, axis=-1)).astype(x.dtype)
+    pattern = tag("attn.hook_pattern", D.softmax(scores)).astype(x.dtype)
     z = tag("attn.hook_z", jnp.einsum("bhqk,bkhe->bqhe", pattern, v_h))
     return z, (k, v)
 

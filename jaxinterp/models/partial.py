@@ -72,8 +72,15 @@ def embed(model: HookedTransformer, tokens, positions) -> Float[Array, "b p d"]:
 
 
 def unembed(model: HookedTransformer, x) -> Float[Array, "b p v"]:
-    if model.cfg.final_norm:
-        x = C.normalize(model.cfg, model.ln_final, x, "ln_final")
+    return _project(model, _final_norm(model, x))
+
+
+def _final_norm(model: HookedTransformer, x) -> Float[Array, "b p d"]:
+    return C.normalize(model.cfg, model.ln_final, x, "ln_final") if model.cfg.final_norm else x
+
+
+def _project(model: HookedTransformer, x) -> Float[Array, "b p v"]:
+    """The final-normed residual stream to logits."""
     logits = jnp.einsum("bpd,dv->bpv", x, model.unembed_matrix)
     logits = logits if model.b_U is None else logits + model.b_U
     return C.soft_cap(logits, model.cfg.output_logits_soft_cap)
@@ -209,10 +216,14 @@ def logits_at(model: HookedTransformer, x: Float[Array, "b m d"], read: Sequence
     ``read`` (sorted ints): ``x`` holds those positions; the others' logits are zeros, so
     only the read positions are unembedded (a metric must read nothing else). ``None``:
     ``x`` holds every position, unembedded in groups so that, under ``jit``, groups that
-    nothing reads compile away.
+    nothing reads compile away. The groups are one ``lax.split``, whose transpose is one
+    concatenation: slicing each group instead would transpose to one full-size padded
+    cotangent per group, summed (with the weights traced, XLA cannot drop the unread
+    groups' zero products).
     """
-    if read is None:
-        return jnp.concatenate([unembed(model, x[:, a:b]) for a, b in position_groups(n_pos)], 1)
+    if read is None:  # the final norm once (its hooks see every position), the projection by groups
+        groups = jax.lax.split(_final_norm(model, x), [b - a for a, b in position_groups(n_pos)], axis=1)
+        return jnp.concatenate([_project(model, g) for g in groups], 1)
     logits = unembed(model, x)
     b, v = logits.shape[0], logits.shape[-1]
     parts, at = [], 0

@@ -41,3 +41,21 @@ def test_continuing_a_base_run_reproduces_the_forward(family, layer, s):
     np.testing.assert_allclose(at[0, 1], want[0, 0], atol=2e-5)
     with pytest.raises(ShapeError, match="outside"):
         run_layers(model, base.final, base.positions, jnp.ones((2, 9, 9), bool), start=2, stop=4)
+
+
+def test_logits_at_every_position_matches_the_unembedding_and_norms_once():
+    """``logits_at(read=None)`` (the unembedding by position groups) equals ``unembed``; the
+    final norm runs once over every position, so its hooks fire once with the whole stream,
+    and a gradient through one position's logits equals the direct one."""
+    from jaxinterp.hooks import run_with_cache
+    from jaxinterp.models.partial import logits_at, unembed
+
+    model = tiny("gpt2")
+    x = jax.random.normal(jax.random.key(4), (2, 70, model.cfg.d_model))  # > 64 positions: grouped
+    np.testing.assert_allclose(logits_at(model, x, None, 70), unembed(model, x), rtol=1e-5, atol=1e-5)
+    _, cache = run_with_cache(lambda x: logits_at(model, x, None, 70), x, names=["ln_final.hook_normalized"])
+    assert cache["ln_final.hook_normalized"].shape == x.shape
+    g = jax.grad(lambda x: logits_at(model, x, None, 70)[:, -1, 3].sum())(x)
+    want = jax.grad(lambda x: unembed(model, x)[:, -1, 3].sum())(x)
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
+    assert not np.asarray(g[:, :-1]).any()
