@@ -177,7 +177,7 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
 
     B, P = clean.shape
 
-    def value(x0, tokens):
+    def value(x0, model, tokens):  # the weights an argument, as in EAP's program (not constants)
         positions, mask = positions_and_mask(tokens)
         logits = logits_at(model, run_blocks(model, x0, positions, mask), None, P)
         k = tokens.shape[0] // B
@@ -188,7 +188,7 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
         if copies == 0:
             logits = model(corrupted)
             positions, _ = positions_and_mask(clean)
-            out = jax.value_and_grad(value)(embed(model, clean, positions), clean)
+            out = jax.value_and_grad(value)(embed(model, clean, positions), model, clean)
         else:
             both = jnp.concatenate([clean, corrupted])
             positions, _ = positions_and_mask(both)
@@ -196,7 +196,7 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
             logits = logits_at(model, run_blocks(model, x, positions, positions_and_mask(both)[1]), None, P)
             a = (jnp.arange(copies, dtype=x.dtype) / copies)[:, None, None, None]
             stacked = (x[B:][None] + a * (x[:B] - x[B:])[None]).reshape((-1,) + x.shape[1:])
-            out = jax.value_and_grad(value)(stacked, jnp.tile(clean, (copies, 1)))
+            out = jax.value_and_grad(value)(stacked, model, jnp.tile(clean, (copies, 1)))
         return logits, out
 
     return lambda: floor(model, clean, corrupted)
