@@ -171,7 +171,7 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
     runs back through every layer (EAP needs the activation gradients everywhere) but
     takes no weight gradients, and, like our method, unembeds only the positions the
     metric reads (``models.partial.logits_at``)."""
-    from jaxinterp.interp.metrics import batch_mean
+    from jaxinterp.circuits._probe import copies_mean
     from jaxinterp.models.partial import logits_at
     from jaxinterp.models.transformer import embed, positions_and_mask, run_blocks
 
@@ -180,8 +180,7 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
     def value(x0, model, tokens):  # the weights an argument, as in EAP's program (not constants)
         positions, mask = positions_and_mask(tokens)
         logits = logits_at(model, run_blocks(model, x0, positions, mask), None, P)
-        k = tokens.shape[0] // B
-        return jax.vmap(lambda lg: batch_mean(metric, lg))(logits.reshape((k, B) + logits.shape[1:])).mean()
+        return copies_mean(metric, logits, tokens.shape[0] // B)
 
     @jax.jit
     def floor(model, clean, corrupted):

@@ -140,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--inner", type=int, default=5)
-    parser.add_argument("--only", choices=["ioi", "gpt2"], default=None)
+    parser.add_argument("--only", choices=["ioi", "gpt2", "gpt2-small"], default=None)
     args = parser.parse_args()
     print(f"jax {jax.__version__}, load average {os.getloadavg()[0]:.1f}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
     if args.only in (None, "ioi"):
@@ -155,6 +155,14 @@ def main() -> None:
         corrupted = clean.at[:, 10].set((clean[:, 10] + 1) % 2000)
         metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % 2000)
         report("GPT-2 style, 4 layers, d_model 256", big, clean, corrupted, metric, args.rounds, args.inner)
+    if args.only == "gpt2-small":  # GPT-2 small's shapes (random weights), 16 prompts of 16 tokens
+        V = 50257
+        big = ji.init_transformer(ji.gpt2_config(d_model=768, n_layers=12, n_heads=12, d_vocab=V, n_ctx=1024),
+                                  jax.random.key(1))
+        clean = jax.random.randint(jax.random.key(2), (16, 16), 0, V)
+        corrupted = clean.at[:, 8].set((clean[:, 8] + 1) % V)
+        metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % V)
+        report("GPT-2 small shape, 12 layers, d_model 768", big, clean, corrupted, metric, args.rounds, args.inner)
 
 
 if __name__ == "__main__":

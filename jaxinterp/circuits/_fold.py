@@ -8,19 +8,19 @@ gradient is, per batch row and position,
 
     d metric / d in_v = ghat_v - mean(ghat_v) - xh mean(xh ghat_v),   ghat_v = (w W_v) (g_v / s)
 
-(no ``mean(ghat_v)`` term for RMSNorm). So an edge's score is
+(no ``mean(ghat_v)`` term for RMSNorm), and an edge's score is ``<diff_u, d metric / d in_v>``
+summed over batch rows and positions (``diff_u``: the source's corrupted minus clean output).
 
-    score(u -> v) = <diff_u, ghat_v> - sum_bp sum_d(diff_u) alpha_v - sum_bp <diff_u, xh> beta_v
-
-with ``alpha_v = mean_d(ghat_v)`` and ``beta_v = mean_d(xh ghat_v)``, both ``[B, P]`` and both
-computed in the projection's own (``d_head`` or ``d_mlp``) space: ``alpha_v = (g_v / s) .
-(w W_v)^T 1 / d`` and ``beta_v = (g_v / s) . (xh (w W_v)) / d``. ``ghat_v`` is one matrix
-product, summed over EAP-IG's stacked copies before it; the norm never costs a pass over
-``[V, B, P, d]``. One layer of destinations at a time (``lax.scan``; on XLA's CPU a fresh
-megabyte of temporaries costs about half a millisecond of page faults each call, so the
-loop's reused buffers beat one ``[V, B, P, d]`` array), the scores are ``[U, B P d] x
-[B P d, n]`` against that layer's ``ghat``, less ``sum_d diff_u`` ``[U, B P]`` against
-``alpha`` and ``<diff_u, xh_k>`` ``[U, K B P]`` (one per copy ``k``) against ``beta``.
+``ghat_v`` is one matrix product (summed over EAP-IG's stacked copies before it, and with the
+norm's weight applied to its output, not to ``W_v``); ``beta_v = mean_d(xh ghat_v)`` is
+computed in the projection's own (``d_head`` or ``d_mlp``) space, ``(g_v / s) . (xh (w W_v))
+/ d``, from the forward pass's projections; the two corrections are elementwise on ``[n, B,
+P, d]`` for a layer's ``n`` destinations. Then one product ``[U, B P d] x [B P d, n]`` per
+layer: the only pass over the sources' outputs ``[U, B, P, d]`` (correcting on their side
+instead, ``sum_d diff_u`` and ``<diff_u, xh>`` per layer, cost two more passes over them a
+layer: at GPT-2 small's shapes 2.5 forwards). One layer of destinations at a time
+(``lax.scan``; on XLA's CPU a fresh megabyte of temporaries costs about half a millisecond of
+page faults each call, so the loop's reused buffers beat one ``[V, B, P, d]`` array).
 """
 
 from __future__ import annotations
@@ -56,23 +56,33 @@ def _dot(right: Float[Array, "n ..."], left: Float[Array, "U N"]) -> Float[Array
     return out.T
 
 
-def _site(cfg, p, x, part, diff: Float[Array, "U B P d"]) -> Float[Array, "U n"]:
-    """Scores of every source into a group of ``n`` destinations reading one residual ``x``
-    ``[K, B, P, d]``; ``part``: ``(g [K, B, P, n, e], W [n, d, e], xh (w W) [K, B, P, n, e])``."""
+def _back(g: Float[Array, "K B P n e"], W: Float[Array, "n d e"]) -> Float[Array, "n B P d"]:
+    """``sum_k g W^T`` per destination. One destination (an MLP) as a plain product: as a
+    batched one of batch 1, XLA's CPU transposed ``W`` first (at GPT-2 small's shapes 8 ms a
+    layer, about as long as the product)."""
+    if W.shape[0] == 1:
+        return jnp.einsum("kbpe,de->bpd", g[:, :, :, 0], W[0])[None]
+    return jnp.einsum("kbpne,nde->nbpd", g, W)
+
+
+def _site(cfg, p, x, part) -> Float[Array, "n B P d"]:
+    """The input gradients (summed over the copies) of a group of ``n`` destinations reading
+    one residual ``x`` ``[K, B, P, d]``; ``part``: ``(g [K, B, P, n, e], W [n, d, e], xh (w W)
+    [K, B, P, n, e])``. The norm's corrections cost passes over the ``n`` destinations, not
+    over the ``U`` sources (more of them at every GPT-2 size)."""
     g, W, xhW = part
-    left = diff.reshape(diff.shape[0], -1)
     if cfg.normalization_type is None or p is None:
-        return _dot(jnp.einsum("kbpne,nde->nbpd", g.astype(jnp.float32), W.astype(jnp.float32)), left)
+        return _back(g.astype(jnp.float32), W.astype(jnp.float32))
     d = x.shape[-1]
     xh, s = _normalised(cfg, x)
-    w = jnp.ones((d,), jnp.float32) if p.w is None else p.w.astype(jnp.float32)
     gs = g.astype(jnp.float32) / s[..., None]
-    Ww = W.astype(jnp.float32) * w[None, :, None]
-    out = _dot(jnp.einsum("kbpne,nde->nbpd", gs, Ww), left)  # <diff_u, ghat_v>
-    if cfg.normalization_type == "LN":  # - sum_bp sum_d(diff_u) alpha_v
-        out = out - _dot(jnp.einsum("kbpne,ne->nbp", gs, Ww.sum(1)) / d, diff.sum(-1).reshape(diff.shape[0], -1))
-    beta = jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d  # - sum_kbp <diff_u, xh_k> beta_vk
-    return out - _dot(beta, jnp.einsum("ubpd,kbpd->ukbp", diff, xh).reshape(diff.shape[0], -1))
+    ghat = _back(gs, W.astype(jnp.float32))
+    if p.w is not None:  # (w W) g = w (W g): the norm's weight on the product, not on W
+        ghat = ghat * p.w.astype(jnp.float32)
+    if cfg.normalization_type == "LN":  # alpha summed over the copies is the mean of the sum
+        ghat = ghat - ghat.mean(-1, keepdims=True)
+    beta = jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d  # in the projection's space: no pass over d
+    return ghat - (beta[..., None] * xh[None]).sum(1)  # elementwise (as an einsum: a product, transposed)
 
 
 def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: dict, copies: int,
@@ -86,7 +96,7 @@ def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: 
     array, and a loop reuses its memory (XLA's CPU pays a page fault per fresh 4 KiB a call
     touches: half a millisecond per megabyte)."""
     cfg = model.cfg
-    diff = diff.astype(jnp.float32)
+    left = diff.astype(jnp.float32).reshape(diff.shape[0], -1)
 
     def split(a):  # [K*B, ...] -> [K, B, ...]
         return a.reshape((copies, -1) + a.shape[1:])
@@ -97,12 +107,12 @@ def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: 
             off = off + jnp.einsum("d,nde->ne", norm.b.astype(jnp.float32), W.astype(jnp.float32))
         return split(g), W, split(pr.astype(jnp.float32) - off)
 
-    def layer(_, xs):
+    def layer(xs):  # one layer's destinations' input gradients [n, B, P, d]
         p, g, x_pre, x_mid, pr = xs
         a = p.attn
         q, k, v = (part(g[f"attn.hook_{n}"], pr[f"attn.hook_{n}"], getattr(a, f"W_{n.upper()}"),
                         getattr(a, f"b_{n.upper()}"), p.ln1) for n in "qkv")
-        out = _site(cfg, p.ln1, split(x_pre), _join([q, k, v], graph.qkv), diff)
+        ghat = [_site(cfg, p.ln1, split(x_pre), _join([q, k, v], graph.qkv))]
         if cfg.has_mlp:
             m = p.mlp
             up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
@@ -111,11 +121,12 @@ def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: 
             if m.W_gate is not None:
                 parts.append(part(g["mlp.hook_pre_linear"][:, :, None], pr["mlp.hook_pre_linear"][:, :, None],
                                   m.W_in[None], None if m.b_in is None else m.b_in[None], p.ln2))
-            out = jnp.concatenate([out, _site(cfg, p.ln2, split(x_mid), _join(parts, False), diff)], 1)
-        return None, out
+            ghat.append(_site(cfg, p.ln2, split(x_mid), _join(parts, False)))
+        return jnp.concatenate(ghat)
 
     per_layer = {key: val for key, val in grads.items() if key != "final"}
-    _, blocks = jax.lax.scan(layer, None, (model.blocks, per_layer, resid_pre, resid_mid, proj))  # [L, U, n]
-    final = _dot(split(grads["final"]).astype(jnp.float32).sum(0)[None], diff.reshape(diff.shape[0], -1))
-    out = jnp.concatenate([jnp.moveaxis(blocks, 0, 1).reshape(diff.shape[0], -1), final], 1)
+    _, blocks = jax.lax.scan(lambda _, xs: (None, _dot(layer(xs), left)), None,
+                             (model.blocks, per_layer, resid_pre, resid_mid, proj))  # [L, U, n]
+    final = _dot(split(grads["final"]).astype(jnp.float32).sum(0)[None], left)
+    out = jnp.concatenate([jnp.moveaxis(blocks, 0, 1).reshape(left.shape[0], -1), final], 1)
     return jnp.where(jnp.asarray(graph.valid), out, 0.0)

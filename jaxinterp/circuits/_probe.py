@@ -214,6 +214,18 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) ->
     return jnp.concatenate([g_layers.reshape((-1,) + g_layers.shape[2:]), grads["final"][None]])
 
 
+def copies_mean(metric, logits: Float[Array, "K*B P v"], copies: int) -> Float[Array, ""]:
+    """The mean over ``copies`` stacked copies of the batch of the metric's batch mean. Each
+    copy is a static row slice (not a ``[K, B, ...]`` reshape under ``vmap``): XLA then sees
+    which positions the metric reads through :func:`~jaxinterp.models.partial.logits_at`'s
+    groups and drops the rest, forward and backward (a reshape hid them: every position was
+    unembedded, at GPT-2 small's shapes about a forward and a half more per pass)."""
+    from jaxinterp.interp.metrics import batch_mean
+
+    B = logits.shape[0] // copies
+    return sum(batch_mean(metric, logits[k * B:(k + 1) * B]) for k in range(copies)) / copies
+
+
 def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
                 input_embed: Float[Array, "K*B P d"] | None = None, interp: Interpolation | None = None,
                 copies: int = 1) -> tuple[Array, NodeActs, dict, Array, Array, dict]:
@@ -225,16 +237,12 @@ def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
     ``input_embed`` rows or ``interp`` group and alpha): the metric is the mean over the
     copies, from one pass with ``K`` times the batch (on a CPU far cheaper than ``K``
     vmapped passes)."""
-    from jaxinterp.interp.metrics import batch_mean
-
-    B = tokens.shape[0]
     folded = jnp.tile(tokens, (copies, 1)) if copies > 1 else tokens
 
     def run(deltas):
         logits, acts, x_pre, x_mid, proj = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
                                                          interp=interp, with_projections=True)
-        per_copy = jax.vmap(lambda lg: batch_mean(metric, lg))(logits.reshape((copies, B) + logits.shape[1:]))
-        return per_copy.mean(), (acts, x_pre, x_mid, proj)
+        return copies_mean(metric, logits, copies), (acts, x_pre, x_mid, proj)
 
     zeros = zero_deltas(model.cfg, folded, model.W_E.dtype)
     (value, (acts, x_pre, x_mid, proj)), grads = jax.value_and_grad(run, has_aux=True)(zeros)

@@ -47,6 +47,39 @@ def test_graph_forward_is_the_model(preset):
     assert float(jnp.abs(slow).max()) > 0.1
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "neox", "llama"])  # LN; LN + parallel; RMS + GQA + gated
+def test_folded_scores_equal_the_direct_contraction(preset):
+    """EAP and EAP-IG-inputs (stacked copies) fold the norm's Jacobian into their one
+    contraction: equal to contracting the node-input gradients (checked against autodiff
+    through the graph forward above) with the sources' output differences."""
+    kw = dict(d_model=16, n_layers=2, n_heads=4, d_vocab=20, n_ctx=8)
+    cfg = {"gpt2": ji.gpt2_config(**kw), "neox": ji.neox_config(rotary_pct=0.5, **kw),
+           "llama": ji.llama_config(n_key_value_heads=2, d_mlp=24, **kw)}[preset]
+    model = ji.init_transformer(cfg, jax.random.key(0))
+    model = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.key(1), x.shape), model)
+    clean = jax.random.randint(jax.random.key(2), (2, 6), 0, 20)
+    corrupted = clean.at[:, 2].set(7)
+    graph = circuits.Graph.from_config(cfg)
+    metric = ji.logit_diff(jnp.array([1, 2]), jnp.array([3, 4]))
+    steps = 2
+
+    @jax.jit
+    def direct(model):
+        _, clean_acts, g = node_gradients(model, graph, clean, metric)
+        _, corrupt_acts, _ = node_gradients(model, graph, corrupted, metric)
+        diff = (corrupt_acts - clean_acts).expand(model)
+        a = (jnp.arange(steps) / steps)[:, None, None, None]
+        embed = (corrupt_acts.embed[None] + a * (clean_acts.embed - corrupt_acts.embed)[None]).reshape(-1, 6, 16)
+        _, _, g_ig = node_gradients(model, graph, clean, metric, input_embed=embed, copies=steps)
+        return [jnp.where(graph.valid, jnp.einsum("ubpd,vbpd->uv", diff, gv), 0.0) for gv in (g, g_ig)]  # g_ig: the mean over the steps
+
+    expected = direct(model)
+    for method, want in zip(("EAP", "EAP-IG-inputs"), expected, strict=True):
+        got = circuits.edge_attribution(model, clean, corrupted, metric, method=method, steps=steps)
+        assert float(jnp.abs(want).max()) > 1e-3
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6, err_msg=method)
+
+
 def test_graph_layout():
     g = circuits.Graph.from_config(ji.gpt2_config(d_model=16, n_layers=2, n_heads=2, d_vocab=10, n_ctx=4))
     assert g.src_names == ("input", "a0.h0", "a0.h1", "m0", "a1.h0", "a1.h1", "m1")
