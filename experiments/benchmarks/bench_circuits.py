@@ -13,6 +13,7 @@
     python experiments/benchmarks/bench_circuits.py --quick    # composition on 6 layers, no TL repeat
     python experiments/benchmarks/bench_circuits.py --skip-composition   # edge attribution and detectors only
     python experiments/benchmarks/bench_circuits.py --composition-only   # composition scores only
+    python experiments/benchmarks/bench_circuits.py --skip-composition --gpt2-small   # and at GPT-2 small's shapes
 
 Where one EAP call's time goes (each stage its own jitted function, FLOPs, temporaries):
 ``experiments/benchmarks/bench_eap_stages.py``.
@@ -201,7 +202,7 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
     return lambda: floor(model, clean, corrupted)
 
 
-def bench_eap(label: str, model, clean, corrupted, metric, steps: int = 5) -> None:
+def bench_eap(label: str, model, clean, corrupted, metric, steps: int = 5, methods=circuits.METHODS) -> None:
     forward = jax.jit(lambda m, t: m(t))
     _, t_fwd = timed(lambda: forward(model, clean), repeat=7)
     floors = {0: pass_floor(model, clean, corrupted, metric, 0), steps: pass_floor(model, clean, corrupted, metric, steps)}
@@ -210,7 +211,7 @@ def bench_eap(label: str, model, clean, corrupted, metric, steps: int = 5) -> No
     print(f"\n== edge attribution, {label}: batch {clean.shape}, forward pass {t_fwd * 1e3:.1f} ms; pass floor "
           f"(plain model, below) EAP {t_floor * 1e3:.1f} ms = {t_floor / t_fwd:.2f} forwards, EAP-IG m = {steps} "
           f"{t_floor_ig * 1e3:.1f} ms = {t_floor_ig / t_fwd:.2f} forwards ==")
-    for method in circuits.METHODS:
+    for method in methods:
         floor = floors[0 if method == "EAP" else steps]
         first, steady, ratio = paired_ratio(lambda method=method: circuits.edge_attribution(
             model, clean, corrupted, metric, method=method, steps=steps).values,
@@ -241,6 +242,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6 layers and one TransformerLens call per mode")
     parser.add_argument("--composition-only", action="store_true", help="only composition scores")
     parser.add_argument("--skip-composition", action="store_true", help="only edge attribution and detectors")
+    parser.add_argument("--gpt2-small", action="store_true",
+                        help="also EAP and EAP-IG-inputs at GPT-2 small's shapes (random weights; ~4 more minutes)")
     args = parser.parse_args()
     print(f"jax {jax.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if not args.skip_composition:
@@ -259,6 +262,14 @@ def main() -> None:
     metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % 2000)
     bench_eap("GPT-2 style, 4 layers, d_model 256", big, clean, corrupted, metric)
     bench_detectors(big, repeated_tokens(jax.random.key(3), 16, 31, 2000, bos=0))
+    if args.gpt2_small:  # 12 layers, d_model 768, vocab 50257: 16 prompts of 16 tokens
+        V = 50257
+        small = ji.init_transformer(ji.gpt2_config(d_model=768, n_layers=12, n_heads=12, d_vocab=V, n_ctx=1024),
+                                    jax.random.key(4))
+        clean = jax.random.randint(jax.random.key(5), (16, 16), 0, V)
+        corrupted = clean.at[:, 8].set((clean[:, 8] + 1) % V)
+        bench_eap("GPT-2 small shape, 12 layers, d_model 768", small, clean, corrupted,
+                  ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % V), methods=("EAP", "EAP-IG-inputs"))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -82,7 +82,9 @@ def _site(cfg, p, x, part) -> Float[Array, "n B P d"]:
     if cfg.normalization_type == "LN":  # alpha summed over the copies is the mean of the sum
         ghat = ghat - ghat.mean(-1, keepdims=True)
     beta = jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d  # in the projection's space: no pass over d
-    return ghat - (beta[..., None] * xh[None]).sum(1)  # elementwise (as an einsum: a product, transposed)
+    # elementwise, one term per copy (an einsum over k became a transposed product; a
+    # broadcast-and-sum, a [n, K, B, P, d] buffer)
+    return ghat - sum(beta[:, k, ..., None] * xh[k] for k in range(xh.shape[0]))
 
 
 def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: dict, copies: int,
