@@ -29,6 +29,7 @@ from jaxinterp.circuits import _fold, _probe
 from jaxinterp.circuits.eap import _attribute
 from jaxinterp.circuits.graph import Graph
 from jaxinterp.data.ioi import ioi_batch
+from jaxinterp.interp.metrics import batch_mean
 from jaxinterp.recipes.ioi import ioi_config
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -65,8 +66,9 @@ def stages(model, clean, corrupted, metric):
     graph = Graph.from_config(model.cfg)
 
     @jax.jit
-    def fwd_corrupt(model, corrupted):
-        return _probe.probe_forward(model, corrupted)[:2]
+    def fwd_corrupt(model, corrupted):  # what EAP keeps: the metric (its positions' logits only) and the outputs
+        logits, acts = _probe.probe_forward(model, corrupted)[:2]
+        return batch_mean(metric, logits), acts
 
     @jax.jit
     def fwd_bwd_clean(model, clean):
