@@ -171,33 +171,32 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
     over ``m`` stacked copies of the clean batch (interpolated embeddings). The gradient
     runs back through every layer (EAP needs the activation gradients everywhere) but
     takes no weight gradients, and, like our method, unembeds only the positions the
-    metric reads (``models.partial.logits_at``)."""
-    from jaxinterp.circuits._probe import copies_mean
-    from jaxinterp.models.partial import logits_at
+    metric reads (``models.partial.logits_at``): the forwards give the metric, not every
+    position's logits."""
+    from jaxinterp.circuits._probe import copies_mean, copy_logits
     from jaxinterp.models.transformer import embed, positions_and_mask, run_blocks
 
     B, P = clean.shape
 
     def value(x0, model, tokens):  # the weights an argument, as in EAP's program (not constants)
         positions, mask = positions_and_mask(tokens)
-        logits = logits_at(model, run_blocks(model, x0, positions, mask), None, P)
-        return copies_mean(metric, logits, tokens.shape[0] // B)
+        return copies_mean(metric, copy_logits(model, run_blocks(model, x0, positions, mask), P, tokens.shape[0] // B))
 
     @jax.jit
     def floor(model, clean, corrupted):
         if copies == 0:
-            logits = model(corrupted)
-            positions, _ = positions_and_mask(clean)
+            positions, mask = positions_and_mask(corrupted)
+            metrics = value(embed(model, corrupted, positions), model, corrupted)
             out = jax.value_and_grad(value)(embed(model, clean, positions), model, clean)
         else:
             both = jnp.concatenate([clean, corrupted])
-            positions, _ = positions_and_mask(both)
+            positions, mask = positions_and_mask(both)
             x = embed(model, both, positions)
-            logits = logits_at(model, run_blocks(model, x, positions, positions_and_mask(both)[1]), None, P)
+            metrics = [copies_mean(metric, lg) for lg in copy_logits(model, run_blocks(model, x, positions, mask), P, 2)]
             a = (jnp.arange(copies, dtype=x.dtype) / copies)[:, None, None, None]
             stacked = (x[B:][None] + a * (x[:B] - x[B:])[None]).reshape((-1,) + x.shape[1:])
             out = jax.value_and_grad(value)(stacked, model, jnp.tile(clean, (copies, 1)))
-        return logits, out
+        return metrics, out
 
     return lambda: floor(model, clean, corrupted)
 

@@ -119,10 +119,12 @@ def zero_deltas(cfg, tokens, dtype) -> dict:
 
 def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas: dict | None = None,
                   input_embed: Float[Array, "B P d"] | None = None, interp: Interpolation | None = None,
-                  with_projections: bool = False):
+                  with_projections: bool = False, copies: int = 1):
     """The plain forward pass with every node's output recorded:
     ``(logits, NodeActs, resid_pre [L, B, P, d], resid_mid [L, B, P, d])``, and with
-    ``with_projections`` the q/k/v and MLP input projections ``{hook name: [L, B, P, ...]}``."""
+    ``with_projections`` the q/k/v and MLP input projections ``{hook name: [L, B, P, ...]}``.
+    With ``copies = K`` the rows are ``K`` stacked copies of a batch and ``logits`` is their
+    list (:func:`copy_logits`)."""
     cfg = model.cfg
     positions, mask = positions_and_mask(tokens)
     x0 = embed(model, tokens, positions) if input_embed is None else input_embed
@@ -156,7 +158,7 @@ def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas
     resid, (z, mlp_out, x_pre, x_mid, proj) = jax.lax.scan(layer, x0, xs)
     if "final" in deltas:
         resid = resid + deltas["final"]
-    logits = logits_at(model, resid, None, tokens.shape[1])  # positions nobody reads compile away
+    logits = copy_logits(model, resid, tokens.shape[1], copies)
     acts = NodeActs(x0, z, mlp_out if cfg.has_mlp else None)
     return (logits, acts, x_pre, x_mid, proj) if with_projections else (logits, acts, x_pre, x_mid)
 
@@ -214,16 +216,28 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) ->
     return jnp.concatenate([g_layers.reshape((-1,) + g_layers.shape[2:]), grads["final"][None]])
 
 
-def copies_mean(metric, logits: Float[Array, "K*B P v"], copies: int) -> Float[Array, ""]:
-    """The mean over ``copies`` stacked copies of the batch of the metric's batch mean. Each
-    copy is a static row slice (not a ``[K, B, ...]`` reshape under ``vmap``): XLA then sees
-    which positions the metric reads through :func:`~jaxinterp.models.partial.logits_at`'s
-    groups and drops the rest, forward and backward (a reshape hid them: every position was
-    unembedded, at GPT-2 small's shapes about a forward and a half more per pass)."""
+def copy_logits(model, resid: Float[Array, "K*B P d"], n_pos: int, copies: int):
+    """The logits of the final residual (positions nobody reads compile away, see
+    :func:`~jaxinterp.models.partial.logits_at`); with ``copies = K > 1`` a list, one
+    ``[B, P, v]`` per stacked copy of the batch. The rows are split before the unembedding,
+    with one ``lax.split``: a metric on row slices of the whole ``[K B, P, v]`` would transpose
+    to a zero-padded full-size cotangent per copy (at GPT-2 small's shapes, 16 x 16 tokens and
+    K = 5, five 257 MB pads, about 2 forwards), and a ``[K, B, ...]`` reshape hides which
+    positions the metric reads (every position unembedded, forward and backward)."""
+    if copies == 1:
+        return logits_at(model, resid, None, n_pos)
+    B = resid.shape[0] // copies
+    return [logits_at(model, r, None, n_pos) for r in jax.lax.split(resid, [B] * copies)]
+
+
+def copies_mean(metric, logits) -> Float[Array, ""]:
+    """The metric's batch mean, averaged over the copies when ``logits`` is
+    :func:`copy_logits`' list."""
     from jaxinterp.interp.metrics import batch_mean
 
-    B = logits.shape[0] // copies
-    return sum(batch_mean(metric, logits[k * B:(k + 1) * B]) for k in range(copies)) / copies
+    if isinstance(logits, list):
+        return sum(batch_mean(metric, lg) for lg in logits) / len(logits)
+    return batch_mean(metric, logits)
 
 
 def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
@@ -241,8 +255,8 @@ def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
 
     def run(deltas):
         logits, acts, x_pre, x_mid, proj = probe_forward(model, folded, deltas=deltas, input_embed=input_embed,
-                                                         interp=interp, with_projections=True)
-        return copies_mean(metric, logits, copies), (acts, x_pre, x_mid, proj)
+                                                         interp=interp, with_projections=True, copies=copies)
+        return copies_mean(metric, logits), (acts, x_pre, x_mid, proj)
 
     zeros = zero_deltas(model.cfg, folded, model.W_E.dtype)
     (value, (acts, x_pre, x_mid, proj)), grads = jax.value_and_grad(run, has_aux=True)(zeros)

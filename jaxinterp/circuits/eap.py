@@ -81,9 +81,9 @@ def _attribute(model, graph: Graph, clean, corrupted, metric, method: str, steps
         out = folded_scores(model, graph, grads, x_pre, x_mid, proj, 1, (corrupt_acts - clean_acts).expand(model))
         return out, m_clean, batch_mean(metric, corrupt_logits)
     # clean and corrupted in one forward pass over both batches
-    logits, both, _, _ = probe_forward(model, jnp.concatenate([clean, corrupted]))
+    (clean_logits, corrupt_logits), both, _, _ = probe_forward(model, jnp.concatenate([clean, corrupted]), copies=2)
     clean_acts, corrupt_acts = both.rows(slice(None, B)), both.rows(slice(B, None))
-    m_clean, corrupt_logits = batch_mean(metric, logits[:B]), logits[B:]
+    m_clean = batch_mean(metric, clean_logits)
     diff = (corrupt_acts - clean_acts).expand(model)
     # EAP-IG: each chunk of k steps is one pass over k stacked copies of the batch
     if method == "EAP-IG-inputs":
