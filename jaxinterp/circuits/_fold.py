@@ -56,14 +56,16 @@ def _dot(right: Float[Array, "n ..."], left: Float[Array, "U N"]) -> Float[Array
     return out.T
 
 
-def _back(g: Float[Array, "K B P n e"], W: Float[Array, "n d e"]) -> Float[Array, "n B P d"]:
-    """``sum_k g_k W^T`` per destination, as ``(sum_k g_k) W^T`` (the copies share ``W``; left
-    to XLA, the MLP's sum over copies became ``K`` times the product). One destination (an
-    MLP) as a plain product: as a batched one of batch 1, XLA's CPU transposed ``W`` first (at
-    GPT-2 small's shapes 8 ms a layer, about as long as the product)."""
-    # the sum as a product of its own: as a reduction XLA's CPU fused it into the next product,
-    # four times slower than the two apart (GPT-2 small's MLP, K = 5: 34 ms a layer)
-    g = g[0] if g.shape[0] == 1 else jnp.einsum("k,k...->...", jnp.ones(g.shape[0], g.dtype), g)
+def _copies_sum(g: Float[Array, "K ..."]) -> Float[Array, "..."]:
+    """``sum_k g_k``, as a product of its own: as a reduction XLA's CPU fused it into the
+    product that reads it, which ran four times slower (GPT-2 small's MLP, K = 5: 34 ms a layer)."""
+    return g[0] if g.shape[0] == 1 else jnp.einsum("k,k...->...", jnp.ones(g.shape[0], g.dtype), g)
+
+
+def _back(g: Float[Array, "B P n e"], W: Float[Array, "n d e"]) -> Float[Array, "n B P d"]:
+    """``g W^T`` per destination. One destination (an MLP) as a plain product: as a batched
+    one of batch 1, XLA's CPU transposed ``W`` first (at GPT-2 small's shapes 8 ms a layer,
+    about as long as the product)."""
     if W.shape[0] == 1:
         return jnp.einsum("bpe,de->bpd", g[:, :, 0], W[0])[None]
     return jnp.einsum("bpne,nde->nbpd", g, W)
@@ -72,23 +74,31 @@ def _back(g: Float[Array, "K B P n e"], W: Float[Array, "n d e"]) -> Float[Array
 def _site(cfg, p, x, part) -> Float[Array, "n B P d"]:
     """The input gradients (summed over the copies) of a group of ``n`` destinations reading
     one residual ``x`` ``[K, B, P, d]``; ``part``: ``(g [K, B, P, n, e], W [n, d, e], xh (w W)
-    [K, B, P, n, e])``. The norm's corrections cost passes over the ``n`` destinations, not
-    over the ``U`` sources (more of them at every GPT-2 size)."""
+    [K, B, P, n, e])``. The norm's corrections cost one elementwise pass over the ``n``
+    destinations' ``[B, P, d]`` (the copies share ``W``: ``sum_k (g_k / s_k) W^T`` is one
+    product), not passes over the ``U`` sources (more of them at every GPT-2 size)."""
     g, W, xhW = part
+    W = W.astype(jnp.float32)
     if cfg.normalization_type is None or p is None:
-        return _back(g.astype(jnp.float32), W.astype(jnp.float32))
+        return _back(_copies_sum(g.astype(jnp.float32)), W)
     d = x.shape[-1]
     xh, s = _normalised(cfg, x)
     gs = g.astype(jnp.float32) / s[..., None]
-    ghat = _back(gs, W.astype(jnp.float32))
+    g_sum = _copies_sum(gs)  # [B, P, n, e]
+    ghat = _back(g_sum, W)
+    w = jnp.ones((d,), jnp.float32) if p.w is None else p.w.astype(jnp.float32)
     if p.w is not None:  # (w W) g = w (W g): the norm's weight on the product, not on W
-        ghat = ghat * p.w.astype(jnp.float32)
-    if cfg.normalization_type == "LN":  # alpha summed over the copies is the mean of the sum
-        ghat = ghat - ghat.mean(-1, keepdims=True)
-    beta = jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d  # in the projection's space: no pass over d
+        ghat = ghat * w
+    # alpha (the mean over d) in the projection's space, summed over the copies, with w W
+    # summed over d as a product (as a reduction of w * W: 25 ms a layer for GPT-2 small's
+    # MLP), and no reduction over the big product's output (fused with it, it slowed it down)
+    alpha = (jnp.einsum("bpne,ne->nbp", g_sum, jnp.einsum("d,nde->ne", w, W)) / d
+             if cfg.normalization_type == "LN" else 0.0)
+    beta = jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d  # in the projection's space too
     # elementwise, one term per copy (an einsum over k became a transposed product; a
     # broadcast-and-sum, a [n, K, B, P, d] buffer)
-    return ghat - sum(beta[:, k, ..., None] * xh[k] for k in range(xh.shape[0]))
+    return ghat - (alpha[..., None] if cfg.normalization_type == "LN" else 0.0) - sum(
+        beta[:, k, ..., None] * xh[k] for k in range(xh.shape[0]))
 
 
 def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: dict, copies: int,
