@@ -13,19 +13,23 @@ from jaxinterp.errors import ConfigError, ShapeError
 from jaxinterp.interp import compare_attribution
 
 
-@pytest.mark.parametrize("preset", ["neox", "llama"])  # LN + parallel; RMS + GQA + gated
-def test_graph_forward_is_the_model(preset):
-    """Unpatched, every-edge-clean and every-edge-corrupted runs equal the plain model's."""
+def _tiny(preset):
+    """A 2-layer model of the preset with perturbed weights (no zero biases or unit norms), a
+    clean/corrupted pair, its graph and a metric."""
     kw = dict(d_model=16, n_layers=2, n_heads=4, d_vocab=20, n_ctx=8)
     cfg = {"gpt2": ji.gpt2_config(**kw), "neox": ji.neox_config(rotary_pct=0.5, **kw),
            "llama": ji.llama_config(n_key_value_heads=2, d_mlp=24, **kw)}[preset]
     model = ji.init_transformer(cfg, jax.random.key(0))
     model = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.key(1), x.shape), model)
     clean = jax.random.randint(jax.random.key(2), (2, 6), 0, 20)
-    corrupted = clean.at[:, 2].set(7)
-    graph = circuits.Graph.from_config(cfg)
-
     metric = ji.logit_diff(jnp.array([1, 2]), jnp.array([3, 4]))
+    return cfg, model, clean, clean.at[:, 2].set(7), circuits.Graph.from_config(cfg), metric
+
+
+@pytest.mark.parametrize("preset", ["neox", "llama"])  # LN + parallel; RMS + GQA + gated
+def test_graph_forward_is_the_model(preset):
+    """Unpatched, every-edge-clean and every-edge-corrupted runs equal the plain model's."""
+    cfg, model, clean, corrupted, graph, metric = _tiny(preset)
 
     @jax.jit
     def runs(model, weight):
@@ -52,15 +56,7 @@ def test_folded_scores_equal_the_direct_contraction(preset):
     """EAP and EAP-IG-inputs (stacked copies) fold the norm's Jacobian into their one
     contraction: equal to contracting the node-input gradients (checked against autodiff
     through the graph forward above) with the sources' output differences."""
-    kw = dict(d_model=16, n_layers=2, n_heads=4, d_vocab=20, n_ctx=8)
-    cfg = {"gpt2": ji.gpt2_config(**kw), "neox": ji.neox_config(rotary_pct=0.5, **kw),
-           "llama": ji.llama_config(n_key_value_heads=2, d_mlp=24, **kw)}[preset]
-    model = ji.init_transformer(cfg, jax.random.key(0))
-    model = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.key(1), x.shape), model)
-    clean = jax.random.randint(jax.random.key(2), (2, 6), 0, 20)
-    corrupted = clean.at[:, 2].set(7)
-    graph = circuits.Graph.from_config(cfg)
-    metric = ji.logit_diff(jnp.array([1, 2]), jnp.array([3, 4]))
+    cfg, model, clean, corrupted, graph, metric = _tiny(preset)
     steps = 2
 
     @jax.jit
