@@ -185,9 +185,8 @@ def pass_floor(model, clean, corrupted, metric, copies: int):
     @jax.jit
     def floor(model, clean, corrupted):
         if copies == 0:
-            positions, mask = positions_and_mask(corrupted)
-            metrics = value(embed(model, corrupted, positions), model, corrupted)
-            out = jax.value_and_grad(value)(embed(model, clean, positions), model, clean)
+            metrics = value(embed(model, corrupted, positions_and_mask(corrupted)[0]), model, corrupted)
+            out = jax.value_and_grad(value)(embed(model, clean, positions_and_mask(clean)[0]), model, clean)
         else:
             both = jnp.concatenate([clean, corrupted])
             positions, mask = positions_and_mask(both)
@@ -236,6 +235,18 @@ def bench_detectors(model, tokens) -> None:
           f"equivalents (steady {steady * 1e3:.1f} ms, first call {first:.1f} s) ==")
 
 
+def gpt2_small_case():
+    """``(label, model, clean, corrupted, metric)`` at GPT-2 small's shapes (12 layers, d_model
+    768, vocab 50257; random weights): 16 prompts of 16 tokens, one token corrupted."""
+    V = 50257
+    model = ji.init_transformer(ji.gpt2_config(d_model=768, n_layers=12, n_heads=12, d_vocab=V, n_ctx=1024),
+                                jax.random.key(4))
+    clean = jax.random.randint(jax.random.key(5), (16, 16), 0, V)
+    corrupted = clean.at[:, 8].set((clean[:, 8] + 1) % V)
+    return ("GPT-2 small shape, 12 layers, d_model 768", model, clean, corrupted,
+            ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % V))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="6 layers and one TransformerLens call per mode")
@@ -261,14 +272,8 @@ def main() -> None:
     metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % 2000)
     bench_eap("GPT-2 style, 4 layers, d_model 256", big, clean, corrupted, metric)
     bench_detectors(big, repeated_tokens(jax.random.key(3), 16, 31, 2000, bos=0))
-    if args.gpt2_small:  # 12 layers, d_model 768, vocab 50257: 16 prompts of 16 tokens
-        V = 50257
-        small = ji.init_transformer(ji.gpt2_config(d_model=768, n_layers=12, n_heads=12, d_vocab=V, n_ctx=1024),
-                                    jax.random.key(4))
-        clean = jax.random.randint(jax.random.key(5), (16, 16), 0, V)
-        corrupted = clean.at[:, 8].set((clean[:, 8] + 1) % V)
-        bench_eap("GPT-2 small shape, 12 layers, d_model 768", small, clean, corrupted,
-                  ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % V), methods=("EAP", "EAP-IG-inputs"))
+    if args.gpt2_small:
+        bench_eap(*gpt2_small_case(), methods=("EAP", "EAP-IG-inputs"))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

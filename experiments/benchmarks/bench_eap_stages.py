@@ -33,7 +33,7 @@ from jaxinterp.interp.metrics import batch_mean
 from jaxinterp.recipes.ioi import ioi_config
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_circuits import pass_floor  # noqa: E402
+from bench_circuits import gpt2_small_case, pass_floor  # noqa: E402
 
 
 def forward_flops(cfg, B: int, P: int, unembed_rows: int) -> float:
@@ -157,15 +157,8 @@ def main() -> None:
         corrupted = clean.at[:, 10].set((clean[:, 10] + 1) % 2000)
         metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % 2000)
         report("GPT-2 style, 4 layers, d_model 256", big, clean, corrupted, metric, args.rounds, args.inner)
-    if args.only == "gpt2-small":  # GPT-2 small's shapes (random weights), 16 prompts of 16 tokens
-        V = 50257
-        big = ji.init_transformer(ji.gpt2_config(d_model=768, n_layers=12, n_heads=12, d_vocab=V, n_ctx=1024),
-                                  jax.random.key(1))
-        clean = jax.random.randint(jax.random.key(2), (16, 16), 0, V)
-        corrupted = clean.at[:, 8].set((clean[:, 8] + 1) % V)
-        metric = ji.logit_diff(clean[:, -1], (clean[:, -1] + 1) % V)
-        report("GPT-2 small shape, 12 layers, d_model 768", big, clean, corrupted, metric, args.rounds, args.inner)
-
+    if args.only == "gpt2-small":
+        report(*gpt2_small_case(), args.rounds, args.inner)
 
 if __name__ == "__main__":
     jnp.zeros(1).block_until_ready()

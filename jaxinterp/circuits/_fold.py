@@ -89,16 +89,15 @@ def _site(cfg, p, x, part) -> Float[Array, "n B P d"]:
     w = jnp.ones((d,), jnp.float32) if p.w is None else p.w.astype(jnp.float32)
     if p.w is not None:  # (w W) g = w (W g): the norm's weight on the product, not on W
         ghat = ghat * w
-    # alpha (the mean over d) in the projection's space, summed over the copies, with w W
-    # summed over d as a product (as a reduction of w * W: 25 ms a layer for GPT-2 small's
-    # MLP), and no reduction over the big product's output (fused with it, it slowed it down)
-    alpha = (jnp.einsum("bpne,ne->nbp", g_sum, jnp.einsum("d,nde->ne", w, W)) / d
-             if cfg.normalization_type == "LN" else 0.0)
+    if cfg.normalization_type == "LN":
+        # alpha (the mean over d) in the projection's space, summed over the copies, with w W
+        # summed over d as a product (as a reduction of w * W: 25 ms a layer for GPT-2 small's
+        # MLP), and no reduction over the big product's output (fused with it, it slowed it down)
+        ghat = ghat - (jnp.einsum("bpne,ne->nbp", g_sum, jnp.einsum("d,nde->ne", w, W)) / d)[..., None]
     beta = jnp.einsum("kbpne,kbpne->nkbp", gs, xhW) / d  # in the projection's space too
     # elementwise, one term per copy (an einsum over k became a transposed product; a
     # broadcast-and-sum, a [n, K, B, P, d] buffer)
-    return ghat - (alpha[..., None] if cfg.normalization_type == "LN" else 0.0) - sum(
-        beta[:, k, ..., None] * xh[k] for k in range(xh.shape[0]))
+    return ghat - sum(beta[:, k, ..., None] * xh[k] for k in range(xh.shape[0]))
 
 
 def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: dict, copies: int,
@@ -143,6 +142,6 @@ def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: 
     per_layer = {key: val for key, val in grads.items() if key != "final"}
     _, blocks = jax.lax.scan(lambda _, xs: (None, _dot(layer(xs), left)), None,
                              (model.blocks, per_layer, resid_pre, resid_mid, proj))  # [L, U, n]
-    final = _dot(split(grads["final"]).astype(jnp.float32).sum(0)[None], left)
+    final = _dot(_copies_sum(split(grads["final"]).astype(jnp.float32))[None], left)
     out = jnp.concatenate([jnp.moveaxis(blocks, 0, 1).reshape(left.shape[0], -1), final], 1)
     return jnp.where(jnp.asarray(graph.valid), out, 0.0)

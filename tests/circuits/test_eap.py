@@ -65,9 +65,10 @@ def test_folded_scores_equal_the_direct_contraction(preset):
         _, corrupt_acts, _ = node_gradients(model, graph, corrupted, metric)
         diff = (corrupt_acts - clean_acts).expand(model)
         a = (jnp.arange(steps) / steps)[:, None, None, None]
-        embed = (corrupt_acts.embed[None] + a * (clean_acts.embed - corrupt_acts.embed)[None]).reshape(-1, 6, 16)
-        _, _, g_ig = node_gradients(model, graph, clean, metric, input_embed=embed, copies=steps)
-        return [jnp.where(graph.valid, jnp.einsum("ubpd,vbpd->uv", diff, gv), 0.0) for gv in (g, g_ig)]  # g_ig: the mean over the steps
+        x_clean, x_corrupt = clean_acts.embed, corrupt_acts.embed
+        embed = (x_corrupt[None] + a * (x_clean - x_corrupt)[None]).reshape((-1,) + x_clean.shape[1:])
+        _, _, g_ig = node_gradients(model, graph, clean, metric, input_embed=embed, copies=steps)  # mean over steps
+        return [jnp.where(graph.valid, jnp.einsum("ubpd,vbpd->uv", diff, gv), 0.0) for gv in (g, g_ig)]
 
     expected = direct(model)
     for method, want in zip(("EAP", "EAP-IG-inputs"), expected, strict=True):
