@@ -89,7 +89,8 @@ def bench_composition(n_layers: int, tl_repeat: int) -> None:
     """Per mode: our first call (compile included; caches cleared first, as the three modes
     share one compiled program), then TransformerLens and our steady state alternated
     (``tl_repeat`` rounds of one TransformerLens call, three of ours and one
-    matrix product rate), medians of each."""
+    matrix product rate), medians of each. TransformerLens's first call in the process is
+    made (and printed) before, so that both sides' ratios are against its later calls."""
     cfg = ji.gpt2_config(n_layers=n_layers, d_vocab=1000, n_ctx=64)
     model = ji.init_transformer(cfg, jax.random.key(0))
     method, flops = flop_count(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
@@ -103,6 +104,10 @@ def bench_composition(n_layers: int, tl_repeat: int) -> None:
               "skipping the comparison (rerun on a quieter machine or with --quick)")
         return
     tl = transformer_lens_model(model)
+    t = time.perf_counter()
+    tl.all_composition_scores("Q")  # its first call in a process is 2-3x slower than later ones
+    print(f"TransformerLens's first call in this process (mode Q, not counted below): {time.perf_counter() - t:.2f} s;"
+          " every TransformerLens time below is a later call", flush=True)
     for mode in ("Q", "K", "V"):
         def ours(mode=mode):
             return circuits.composition_scores(model, mode).values

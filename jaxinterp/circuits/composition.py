@@ -23,9 +23,11 @@ pieces. Two exact methods follow:
 
 * ``"gram"``: each side as ``Z = U G U^T`` with ``U [d_model, d_head]`` and a ``d_head`` Gram
   (``W_A^T W_A = B_1^T G_A B_1``, ``W_B W_B^T = A_2 G_D A_2^T``); ``||W||_F^2 = tr Z`` comes
-  from the diagonal blocks. ``Z`` is formed one ``b x b`` block at a time (``b`` about 128),
+  from the diagonal blocks. The ``d_head`` Grams are formed once (one small program a
+  side); ``Z`` one ``b x b`` block at a time (``b`` about 64: at 128 it ran about 15% slower),
   straight from the stored weights (``W_O`` columns, ``W_Q``/``W_K``/``W_V`` rows: no
-  transposed copies): for each column block ``j``, ``G_A B_1j`` and ``A_2j G_D`` once, then
+  transposed copies, which cost more in page faults than they save; measured): for each
+  column block ``j``, ``G_A B_1j`` and ``A_2j G_D`` once, then
   for each ``i <= j`` (the blocks below the diagonal by symmetry, weight 2) the blocks of all
   earlier and all later heads (``[heads, e, b]^T [heads, e, b]``) and their inner products
   ``[heads, b b] x [b b, heads]``, added at once. No Gram is ever held whole: a whole one is
@@ -51,10 +53,12 @@ programs (their factors differ, not their shapes; V's ``W_O`` enters as stored, 
 own "gram" program).
 
 **Parts, side by side.** XLA's CPU backend runs each batched ``d_head``-sized product on one
-thread. So on CPU "gram" deals its column blocks to one part per core (about as many block
-pairs each) and runs the parts at once from Python threads; each part is the same compiled
-program with its own list of blocks, and the parts' sums are added on the host. Elsewhere, and
-under tracing, it is one part.
+thread. So on CPU "gram" computes the two sides' Grams at once, then deals its column blocks
+to one part per core (about as many block pairs each) and runs the parts at once, from Python
+threads; each part is the same compiled program with its own list of blocks, and the parts'
+sums are added on the host. Elsewhere, and under tracing, it is one part. (Skipping the
+inner products of pairs that are masked anyway, a quarter of them in two or three products
+a block, ran no faster.)
 
 **Compiler options.** On CPU each program is compiled with XLA's older elemental emitters
 (``xla_cpu_use_fusion_emitters=False``, as the tests); "gram" at backend optimisation level
@@ -87,7 +91,7 @@ from jaxinterp.named import NamedArray
 MODES = ("Q", "K", "V")
 METHODS = ("pairs", "gram")
 AXES = ("src_layer", "src_head", "dst_layer", "dst_head")
-_BLOCK = 128  # "gram": the d_model axis in blocks of about this size
+_BLOCK = 64  # "gram": the d_model axis in blocks of about this size
 # Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md, 2026-12-02 10:10): CPU-seconds
 # of a first call beyond its run (trace and compile; "pairs" compiles eigh) and the run's FLOPs
 # per CPU-second (2-12 layers, d_model 768). flop_count picks the cheaper first call.
@@ -136,18 +140,26 @@ def _block_plan(nb: int, n_parts: int) -> np.ndarray:
     return np.array([p + [-1] * (width - len(p)) for p in parts], np.int32)
 
 
-def _gram_part(A1, B1, A2, C2, js, *, H: int, nb: int, c2_rows: bool) -> tuple[Array, Array, Array]:
+def _side_gram(x, *, H: int, rows: bool, earlier: bool) -> Array:
+    """One side's ``d_head x d_head`` Grams, which every part of "gram" reads, computed once:
+    ``G_A = W_V^T W_V`` of the earlier heads (``x = W_V``) or ``G_D = B_2 B_2^T`` of the later
+    ones, ``[N, e, e]``. Each contracts the minor axis of a transposed view (over ``d_model``
+    as ``W_V`` is stored, XLA's CPU ran the batched product at half the rate)."""
+    x = _flat(x)
+    g = _gram_e(x if rows else _t(x), True)
+    return g[:-H] if earlier else g[H:]
+
+
+def _gram_part(G_A, G_D, B1, A2, js, *, H: int, nb: int) -> tuple[Array, Array, Array]:
     """One part of "gram": for each column block ``j`` in ``js`` (``-1``: none) and every
     ``i <= j``, the ``b x b`` blocks ``Z_ij = B_1i^T (G_A B_1j)`` of every earlier head and
     ``Y_ij = A_2i (A_2j G_D)^T`` of every later one (``[heads, b b]``) and their inner
     products ``Z_ij . Y_ij`` (weight 2 off the diagonal: ``Z_ji = Z_ij^T``), summed; with the
     norms' share ``tr Z_jj``, ``tr Y_jj``. Returns ``num [N, N]``, ``||W_A||^2 [N]``,
     ``||W_B||^2 [N]`` summed over this part's blocks."""
-    A1, B1, A2, C2 = map(_flat, (A1, B1, A2, C2))
+    B1, A2 = _flat(B1), _flat(A2)
     LH, e, d = B1.shape
     N, b = LH - H, d // nb
-    G_A = _gram_e(A1, False)[:N]  # W_V^T W_V of the earlier heads
-    G_D = _gram_e(C2, c2_rows)[H:]  # B_2 B_2^T of the later heads
     src = lambda k: lax.dynamic_slice(B1, (0, 0, k * b), (N, e, b))  # noqa: E731  B_1 columns of block k
     dst = lambda k: lax.dynamic_slice(A2, (H, k * b, 0), (N, b, e))  # noqa: E731  A_2 rows of block k
 
@@ -241,13 +253,15 @@ _CPU_OPTIONS = {
     "gram": {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1},
     "pairs": {"xla_cpu_use_fusion_emitters": False, "xla_cpu_experimental_ynn_fusion_type": ""},
 }
+_CPU_OPTIONS["gram side"] = _CPU_OPTIONS["gram"]
+_FUNCTIONS = {"pairs": _pairs, "gram": _gram_part, "gram side": _side_gram}
 _OPTIONS_REJECTED: set[str] = set()
 
 
 @functools.cache
 def _program(method: str, options: bool, **static):
     opts = _CPU_OPTIONS[method] if options else None
-    return jax.jit(functools.partial(_gram_part if method == "gram" else _pairs, **static), compiler_options=opts)
+    return jax.jit(functools.partial(_FUNCTIONS[method], **static), compiler_options=opts)
 
 
 def _run(method: str, args: tuple, static: dict, traced: bool) -> tuple[Array, Array, Array]:
@@ -280,12 +294,16 @@ def _scores(factors: tuple[Array, ...], c2_rows: bool, H: int, method: str) -> A
     else:
         nb = _n_blocks(factors[1].shape[-1])
         plan = _block_plan(nb, 1 if traced else _cpu_parts())
-        static = {"H": H, "nb": nb, "c2_rows": c2_rows}
-        run = lambda js: jax.block_until_ready(_run("gram", (*factors, js), static, traced))  # noqa: E731
+        A1, B1, A2, C2 = factors
+        sides = [(A1, {"H": H, "rows": False, "earlier": True}), (C2, {"H": H, "rows": c2_rows, "earlier": False})]
+        gram = lambda side: jax.block_until_ready(_run("gram side", (side[0],), side[1], traced))  # noqa: E731
+        run = lambda js: jax.block_until_ready(_run("gram", (*grams, B1, A2, js), {"H": H, "nb": nb}, traced))  # noqa: E731
         if len(plan) == 1:
+            grams = list(map(gram, sides))
             parts = [run(plan[0])]
         else:
             with concurrent.futures.ThreadPoolExecutor(len(plan)) as pool:
+                grams = list(pool.map(gram, sides))
                 parts = list(pool.map(run, plan))
     if traced:
         return _finish(parts, L - 1, H, jnp)

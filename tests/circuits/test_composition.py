@@ -116,7 +116,7 @@ def test_gram_parts_side_by_side_equal_one_part(monkeypatch):
     part and as the dense products, for every way of dealing the blocks."""
     from jaxinterp.circuits import composition as comp
 
-    cfg = ji.gpt2_config(d_model=384, n_layers=3, n_heads=4, d_vocab=20, n_ctx=8)  # 3 blocks of 128
+    cfg = ji.gpt2_config(d_model=192, n_layers=3, n_heads=4, d_vocab=20, n_ctx=8)  # 3 blocks of 64
     model = ji.init_transformer(cfg, jax.random.key(5))
     ref = dense_scores(model, "K")
     for parts in (1, 2):  # 2 parts of 3 blocks: one padded with -1
