@@ -46,12 +46,14 @@ def forward_flops(cfg, B: int, P: int, unembed_rows: int) -> float:
     return cfg.n_layers * B * P * per_token + 2 * unembed_rows * d * cfg.d_vocab
 
 
-def contraction_flops(graph: Graph, cfg, B: int, P: int) -> tuple[float, float, float]:
+def contraction_flops(graph: Graph, model, B: int, P: int) -> tuple[float, float, float]:
     """(the full ``[U, B P d] x [B P d, V]`` product, the valid edges' share of it, forming
-    every destination's ``ghat = (w W_v) (g_v / s)``)."""
+    every destination's ``ghat = (w W_v) (g_v / s)``: the heads', and the MLP's unless its
+    gradient comes from the backward pass, ``_probe.mlp_reads_norm``)."""
+    cfg = model.cfg
     full = 2 * graph.n_src * graph.n_dst * B * P * cfg.d_model
     per_layer = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.d_head
-    if cfg.has_mlp:
+    if cfg.has_mlp and not _probe.mlp_reads_norm(model):
         per_layer += cfg.d_mlp * (2 if cfg.gated_mlp else 1)
     return full, full * graph.valid.mean(), 2 * B * P * cfg.d_model * per_layer * cfg.n_layers
 
@@ -118,7 +120,7 @@ def report(label, model, clean, corrupted, metric, rounds, inner):
     times = measure(fns, rounds, inner)
     f_plain = forward_flops(cfg, B, P, B * P)
     f_probe = forward_flops(cfg, B, P, B)  # the probe unembeds only the positions the metric reads
-    full, valid, ghat = contraction_flops(graph, cfg, B, P)
+    full, valid, ghat = contraction_flops(graph, model, B, P)
     flops = {"plain forward": f_plain, "corrupted probe forward": f_probe,
              "clean probe forward+backward": 3 * f_probe, "folded_scores": full + ghat}
     c0 = times["plain forward"][0]

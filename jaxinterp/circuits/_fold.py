@@ -10,6 +10,9 @@ gradient is, per batch row and position,
 
 (no ``mean(ghat_v)`` term for RMSNorm), and an edge's score is ``<diff_u, d metric / d in_v>``
 summed over batch rows and positions (``diff_u``: the source's corrupted minus clean output).
+The MLP is one destination: its ``ghat`` is the gradient at its norm's output, which the
+backward pass formed (``_probe.zero_deltas``), so only the two corrections are left; the
+product below is the heads' (and the MLP's where no norm precedes it).
 
 ``ghat_v`` is one matrix product (summed over EAP-IG's stacked copies before it, and with the
 norm's weight applied to its output, not to ``W_v``); ``beta_v = mean_d(xh ghat_v)`` is
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from jaxinterp.circuits._probe import MLP_NORMALIZED, norm_back
 from jaxinterp.circuits.graph import Graph
 
 
@@ -128,7 +132,9 @@ def folded_scores(model, graph: Graph, grads: dict, resid_pre, resid_mid, proj: 
         q, k, v = (part(g[f"attn.hook_{n}"], pr[f"attn.hook_{n}"], getattr(a, f"W_{n.upper()}"),
                         getattr(a, f"b_{n.upper()}"), p.ln1) for n in "qkv")
         ghat = [_site(cfg, p.ln1, split(x_pre), _join([q, k, v], graph.qkv))]
-        if cfg.has_mlp:
+        if MLP_NORMALIZED in g:  # the MLP's input gradient, but for the norm's Jacobian
+            ghat.append(_copies_sum(norm_back(cfg, split(x_mid), split(g[MLP_NORMALIZED])))[None])
+        elif cfg.has_mlp:
             m = p.mlp
             up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
             b_up = None if m.W_gate is not None or m.b_in is None else m.b_in[None]

@@ -9,10 +9,11 @@ head's query input, not the shared residual stream). Both come out of the model'
   ``z`` ``[B, P, H, d_head]`` and each MLP's output. A head's output is ``z_h W_O[h]``;
   it is formed (:meth:`NodeActs.expand`) only for the difference of two runs, never in
   the forward pass, which keeps its fused ``sum_h z_h W_O[h]``;
-* adds zero ``deltas`` after the q/k/v and MLP input projections: the gradient of the
-  metric with respect to them, carried back through ``W^T`` and the layer norm at the
-  residual the node read, is ``d metric / d in_v`` (:func:`node_gradients`: one forward
-  and one backward pass, no per-node copy of the residual stream);
+* adds zero ``deltas`` after the q/k/v projections and at the MLP's normalised input: the
+  gradient of the metric with respect to them, carried back through ``W^T`` (heads) and
+  the layer norm at the residual the node read, is ``d metric / d in_v``
+  (:func:`node_gradients`: one forward and one backward pass, no per-node copy of the
+  residual stream);
 * optionally swaps in interpolated node outputs (:class:`Interpolation`, EAP-IG-activations).
   Interpolating ``z`` interpolates the heads' outputs, which are linear in it.
 
@@ -81,7 +82,16 @@ class Interpolation(eqx.Module):
 
 _PROJECTIONS = ("attn.hook_q", "attn.hook_k", "attn.hook_v", "mlp.hook_pre", "mlp.hook_pre_linear")
 _PROBED = ("hook_resid_pre", "hook_resid_mid", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",
-           "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear")
+           "hook_mlp_out", "mlp.hook_pre", "mlp.hook_pre_linear", "ln2.hook_normalized")
+MLP_NORMALIZED = "ln2.hook_normalized"
+
+
+def mlp_reads_norm(model: HookedTransformer) -> bool:
+    """Whether the MLP reads the residual through its own norm (``ln2``): then the gradient
+    at the norm's output (``ln2.hook_normalized``, before its weight) is the whole MLP's,
+    and only the norm's Jacobian is left to apply."""
+    cfg = model.cfg
+    return cfg.has_mlp and cfg.normalization_type is not None and model.blocks.ln2 is not None
 
 
 class _Probe(Handler):
@@ -104,12 +114,20 @@ class _Probe(Handler):
         return x
 
 
-def zero_deltas(cfg, tokens, dtype) -> dict:
-    """Zeros after every projection a node input goes through, and at the final residual."""
+def zero_deltas(model: HookedTransformer, tokens, dtype) -> dict:
+    """Zeros after every projection a head's input goes through, at the MLP's normalised input
+    (:func:`mlp_reads_norm`; else after its input projections), and at the final residual.
+    The MLP is one node: the backward pass forms its input gradient through ``W_in^T``
+    anyway, and taking it there saves a second ``[B P, d_mlp] x [d_mlp, d]`` product a
+    layer, the ``d_mlp``-wide gradients and projections (at GPT-2 small's shapes about 0.3
+    forwards of EAP)."""
+    cfg = model.cfg
     B, P = tokens.shape
     L, H, G, e = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     d = {"attn.hook_q": (L, B, P, H, e), "attn.hook_k": (L, B, P, G, e), "attn.hook_v": (L, B, P, G, e)}
-    if cfg.has_mlp:
+    if mlp_reads_norm(model):
+        d[MLP_NORMALIZED] = (L, B, P, cfg.d_model)
+    elif cfg.has_mlp:
         d["mlp.hook_pre"] = (L, B, P, cfg.d_mlp)
         if cfg.gated_mlp:
             d["mlp.hook_pre_linear"] = (L, B, P, cfg.d_mlp)
@@ -147,7 +165,7 @@ def probe_forward(model: HookedTransformer, tokens: Int[Array, "B P"], *, deltas
             out, _ = C.block(cfg, p, h, positions, mask, spec=spec)
         seen = probe.seen
         x_pre = seen["hook_resid_pre"]
-        proj = {k: seen[k] for k in _PROJECTIONS if k in seen}
+        proj = {k: seen[k] for k in _PROJECTIONS if k in d}  # the ones whose gradients are taken
         return out, (seen["attn.hook_z"], seen.get("hook_mlp_out"), x_pre, seen.get("hook_resid_mid", x_pre), proj)
 
     xs = (model.blocks, C.layer_specs(cfg), jnp.arange(cfg.n_layers), per_layer, fixed)
@@ -171,20 +189,24 @@ def _norm_vjp(cfg, p, x: Float[Array, "B P d"], g: Float[Array, "n B P d"]) -> F
         J^T g = centre( g' - xh mean(xh g') ) / s
 
     (``jax.vjp`` vmapped over the ``n`` cotangents cost XLA's CPU about ten times more)."""
-    kind = cfg.normalization_type
-    if kind is None or p is None:
+    if cfg.normalization_type is None or p is None:
         return g
+    g = g.astype(jnp.float32)
+    return norm_back(cfg, x, g if p.w is None else g * p.w.astype(jnp.float32))
+
+
+def norm_back(cfg, x: Float[Array, "... d"], g: Float[Array, "... d"]) -> Float[Array, "... d"]:
+    """The gradient at the norm's input from ``g``, the gradient at its normalised value
+    ``xh`` (before the weight): ``centre(g - xh mean(xh g)) / s``."""
     x = x.astype(jnp.float32)
-    if kind == "LN":
+    if cfg.normalization_type == "LN":
         x = x - x.mean(-1, keepdims=True)
     s = jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps)
     xh = x / s
     g = g.astype(jnp.float32)
-    if p.w is not None:
-        g = g * p.w.astype(jnp.float32)
     # centring commutes with the rest since mean(xh) = 0 for LayerNorm: one pass for the
     # two means, one for the result (fewer passes over [n, B, P, d] than the textbook order)
-    centre = g.mean(-1, keepdims=True) if kind == "LN" else 0.0
+    centre = g.mean(-1, keepdims=True) if cfg.normalization_type == "LN" else 0.0
     return (g - centre - xh * (xh * g).mean(-1, keepdims=True)) / s
 
 
@@ -202,13 +224,15 @@ def _node_input_grads(model, graph: Graph, grads: dict, resid_pre, resid_mid) ->
         aq, ak, av = back(g["attn.hook_q"], a.W_Q), back(g["attn.hook_k"], a.W_K), back(g["attn.hook_v"], a.W_V)
         attn_in = jnp.concatenate([aq, ak, av]) if graph.qkv else (aq + ak + av)
         out = [_norm_vjp(cfg, p.ln1, x_pre, attn_in).astype(x_pre.dtype)]
-        if cfg.has_mlp:
+        if MLP_NORMALIZED in g:
+            out.append(norm_back(cfg, x_mid, g[MLP_NORMALIZED])[None].astype(x_mid.dtype))
+        elif cfg.has_mlp:  # no norm before the MLP: back through its input projections
             m = p.mlp
             up = m.W_gate if m.W_gate is not None else m.W_in  # hook_pre reads x @ W_gate when gated
             a_m = jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre"], up)
             if m.W_gate is not None:
                 a_m = a_m + jnp.einsum("bpm,dm->bpd", g["mlp.hook_pre_linear"], m.W_in)
-            out.append(_norm_vjp(cfg, p.ln2, x_mid, a_m[None]).astype(x_mid.dtype))
+            out.append(a_m[None].astype(x_mid.dtype))
         return jnp.concatenate(out)
 
     per_layer = {k: v for k, v in grads.items() if k != "final"}
@@ -258,7 +282,7 @@ def probe_grads(model: HookedTransformer, tokens: Int[Array, "B P"], metric, *,
                                                          interp=interp, with_projections=True, copies=copies)
         return copies_mean(metric, logits), (acts, x_pre, x_mid, proj)
 
-    zeros = zero_deltas(model.cfg, folded, model.W_E.dtype)
+    zeros = zero_deltas(model, folded, model.W_E.dtype)
     (value, (acts, x_pre, x_mid, proj)), grads = jax.value_and_grad(run, has_aux=True)(zeros)
     return value, acts, grads, x_pre, x_mid, proj
 

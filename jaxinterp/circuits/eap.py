@@ -26,8 +26,9 @@ EAP-IG-activations ``(2 n_layers + 1) m`` of them. The passes are the model's ow
 (:mod:`._probe`): heads' outputs are kept as ``z`` and expanded to ``z_h W_O[h]`` only for
 the clean-corrupted difference, and the edges into one layer's destinations come from one
 matrix product ``[U, B P d] x [B P d, n]`` into which the layer norms' Jacobians are folded
-(:mod:`._fold`: a destination's gradient is one product ``(w W)^T (g / s)`` summed over
-EAP-IG's copies, plus two rank-one corrections, so no pass over ``[V, B, P, d]``; a scan over
+(:mod:`._fold`: a head's input gradient is one product ``(w W)^T (g / s)`` summed over
+EAP-IG's copies, plus two rank-one corrections, and an MLP's comes from the backward pass at
+its norm's output, so no pass over ``[V, B, P, d]``; a scan over
 the layers keeps the largest array one layer's). :func:`exact_edge_scores` patches every edge for real, to
 check the estimates.
 """

@@ -18,7 +18,8 @@ def _tiny(preset):
     clean/corrupted pair, its graph and a metric."""
     kw = dict(d_model=16, n_layers=2, n_heads=4, d_vocab=20, n_ctx=8)
     cfg = {"gpt2": ji.gpt2_config(**kw), "neox": ji.neox_config(rotary_pct=0.5, **kw),
-           "llama": ji.llama_config(n_key_value_heads=2, d_mlp=24, **kw)}[preset]
+           "llama": ji.llama_config(n_key_value_heads=2, d_mlp=24, **kw),
+           "no norm": ji.gpt2_config(normalization_type=None, **kw)}[preset]
     model = ji.init_transformer(cfg, jax.random.key(0))
     model = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.key(1), x.shape), model)
     clean = jax.random.randint(jax.random.key(2), (2, 6), 0, 20)
@@ -26,8 +27,8 @@ def _tiny(preset):
     return cfg, model, clean, clean.at[:, 2].set(7), circuits.Graph.from_config(cfg), metric
 
 
-@pytest.mark.parametrize("preset", ["neox", "llama"])  # LN + parallel; RMS + GQA + gated
-def test_graph_forward_is_the_model(preset):
+@pytest.mark.parametrize("preset", ["neox", "llama", "no norm"])  # LN + parallel; RMS + GQA + gated; an MLP
+def test_graph_forward_is_the_model(preset):                         # gradient through W_in^T, not the norm
     """Unpatched, every-edge-clean and every-edge-corrupted runs equal the plain model's."""
     cfg, model, clean, corrupted, graph, metric = _tiny(preset)
 
