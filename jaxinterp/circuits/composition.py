@@ -140,17 +140,17 @@ def _block_plan(nb: int, n_parts: int) -> np.ndarray:
     return np.array([p + [-1] * (width - len(p)) for p in parts], np.int32)
 
 
-def _side_gram(x, *, H: int, rows: bool, earlier: bool) -> Array:
-    """One side's ``d_head x d_head`` Grams, which every part of "gram" reads, computed once:
-    ``G_A = W_V^T W_V`` of the earlier heads (``x = W_V``) or ``G_D = B_2 B_2^T`` of the later
-    ones, ``[N, e, e]``. Each contracts the minor axis of a transposed view (over ``d_model``
-    as ``W_V`` is stored, XLA's CPU ran the batched product at half the rate)."""
+def _side_gram(x, *, rows: bool) -> Array:
+    """Every head's ``d_head x d_head`` Gram, which every part of "gram" reads, computed once
+    a side: ``W_V^T W_V`` (``x = W_V``) or ``B_2 B_2^T``, ``[L H, e, e]`` (the parts take the
+    earlier or the later heads'; the sides share one compiled program where their factors'
+    shapes agree). Each contracts the minor axis of a transposed view (over ``d_model`` as
+    ``W_V`` is stored, XLA's CPU ran the batched product at half the rate)."""
     x = _flat(x)
-    g = _gram_e(x if rows else _t(x), True)
-    return g[:-H] if earlier else g[H:]
+    return _gram_e(x if rows else _t(x), True)
 
 
-def _gram_part(G_A, G_D, B1, A2, js, *, H: int, nb: int) -> tuple[Array, Array, Array]:
+def _gram_part(g_a, g_d, B1, A2, js, *, H: int, nb: int) -> tuple[Array, Array, Array]:
     """One part of "gram": for each column block ``j`` in ``js`` (``-1``: none) and every
     ``i <= j``, the ``b x b`` blocks ``Z_ij = B_1i^T (G_A B_1j)`` of every earlier head and
     ``Y_ij = A_2i (A_2j G_D)^T`` of every later one (``[heads, b b]``) and their inner
@@ -160,6 +160,7 @@ def _gram_part(G_A, G_D, B1, A2, js, *, H: int, nb: int) -> tuple[Array, Array, 
     B1, A2 = _flat(B1), _flat(A2)
     LH, e, d = B1.shape
     N, b = LH - H, d // nb
+    G_A, G_D = g_a[:N], g_d[H:]  # the earlier heads', the later heads'
     src = lambda k: lax.dynamic_slice(B1, (0, 0, k * b), (N, e, b))  # noqa: E731  B_1 columns of block k
     dst = lambda k: lax.dynamic_slice(A2, (H, k * b, 0), (N, b, e))  # noqa: E731  A_2 rows of block k
 
@@ -295,7 +296,7 @@ def _scores(factors: tuple[Array, ...], c2_rows: bool, H: int, method: str) -> A
         nb = _n_blocks(factors[1].shape[-1])
         plan = _block_plan(nb, 1 if traced else _cpu_parts())
         A1, B1, A2, C2 = factors
-        sides = [(A1, {"H": H, "rows": False, "earlier": True}), (C2, {"H": H, "rows": c2_rows, "earlier": False})]
+        sides = [(A1, {"rows": False}), (C2, {"rows": c2_rows})]
         gram = lambda side: jax.block_until_ready(_run("gram side", (side[0],), side[1], traced))  # noqa: E731
         run = lambda js: jax.block_until_ready(_run("gram", (*grams, B1, A2, js), {"H": H, "nb": nb}, traced))  # noqa: E731
         if len(plan) == 1:
