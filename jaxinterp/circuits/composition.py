@@ -44,8 +44,8 @@ TransformerLens sets every pair whose second head is not in a later layer to zer
 skips them, "gram" computes them (its inner products are cheap) and masks them.
 
 **Which method.** :func:`flop_count` counts both; the choice follows measured cost, not
-FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram" about 0.2,
-"pairs" 0.55, its ``eigh``) plus FLOPs over the measured rate ("gram" about 47 GFLOP per
+FLOPs alone: the expected CPU-seconds of a first call, compile (measured: "gram" about 0.18,
+"pairs" 0.55, its ``eigh``) plus FLOPs over the measured rate ("gram" about 65 GFLOP per
 CPU-second, its products have inner dimension ``d_head``; "pairs" 57). At d_model 768 and 12
 heads that is "gram" at every depth; "pairs" wins where ``d_head`` is small against
 ``d_model``. Compile time does not grow with depth (scanned bodies), and the modes share
@@ -92,10 +92,11 @@ MODES = ("Q", "K", "V")
 METHODS = ("pairs", "gram")
 AXES = ("src_layer", "src_head", "dst_layer", "dst_head")
 _BLOCK = 64  # "gram": the d_model axis in blocks of about this size
-# Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md, 2026-12-02 10:10): CPU-seconds
-# of a first call beyond its run (trace and compile; "pairs" compiles eigh) and the run's FLOPs
-# per CPU-second (2-12 layers, d_model 768). flop_count picks the cheaper first call.
-_COST = {"gram": (0.2, 47e9), "pairs": (0.55, 57e9)}
+# Measured on the 2-core CPU (jaxlib 0.10.2; RESULTS_circuits.md: "pairs" 2026-12-02 10:10, "gram"
+# 16:40 after its Grams were shared): CPU-seconds of a first call beyond its run (trace and
+# compile; "pairs" compiles eigh) and the run's FLOPs per CPU-second (2-12 layers, d_model 768;
+# "gram" 64-78). flop_count picks the cheaper first call.
+_COST = {"gram": (0.18, 65e9), "pairs": (0.55, 57e9)}
 
 
 def _t(x: Array) -> Array:
