@@ -162,6 +162,7 @@ def main() -> None:
     if args.only == "gpt2-small":
         report(*gpt2_small_case(), args.rounds, args.inner)
 
+
 if __name__ == "__main__":
     jnp.zeros(1).block_until_ready()
     main()

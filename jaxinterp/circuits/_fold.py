@@ -32,16 +32,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from jaxinterp.circuits._probe import MLP_NORMALIZED, norm_back
+from jaxinterp.circuits._probe import MLP_NORMALIZED, norm_back, normalised
 from jaxinterp.circuits.graph import Graph
-
-
-def _normalised(cfg, x: Float[Array, "K B P d"]) -> tuple[Array, Array]:
-    x = x.astype(jnp.float32)
-    if cfg.normalization_type == "LN":
-        x = x - x.mean(-1, keepdims=True)
-    s = jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps)
-    return x / s, s
 
 
 def _join(parts: list, heads: bool) -> tuple[Array, Array, Array]:
@@ -86,7 +78,7 @@ def _site(cfg, p, x, part) -> Float[Array, "n B P d"]:
     if cfg.normalization_type is None or p is None:
         return _back(_copies_sum(g.astype(jnp.float32)), W)
     d = x.shape[-1]
-    xh, s = _normalised(cfg, x)
+    xh, s = normalised(cfg, x)
     gs = g.astype(jnp.float32) / s[..., None]
     g_sum = _copies_sum(gs)  # [B, P, n, e]
     ghat = _back(g_sum, W)

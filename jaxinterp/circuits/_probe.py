@@ -191,18 +191,23 @@ def _norm_vjp(cfg, p, x: Float[Array, "B P d"], g: Float[Array, "n B P d"]) -> F
     (``jax.vjp`` vmapped over the ``n`` cotangents cost XLA's CPU about ten times more)."""
     if cfg.normalization_type is None or p is None:
         return g
-    g = g.astype(jnp.float32)
-    return norm_back(cfg, x, g if p.w is None else g * p.w.astype(jnp.float32))
+    return norm_back(cfg, x, g if p.w is None else g.astype(jnp.float32) * p.w.astype(jnp.float32))
+
+
+def normalised(cfg, x: Float[Array, "... d"]) -> tuple[Array, Array]:
+    """``(xh, s)`` of the norm at ``x`` (float32): ``s = sqrt(mean(x_c^2) + eps)``, ``xh = x_c / s``
+    (``x_c``: ``x`` centred for LayerNorm, ``x`` for RMSNorm)."""
+    x = x.astype(jnp.float32)
+    if cfg.normalization_type == "LN":
+        x = x - x.mean(-1, keepdims=True)
+    s = jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps)
+    return x / s, s
 
 
 def norm_back(cfg, x: Float[Array, "... d"], g: Float[Array, "... d"]) -> Float[Array, "... d"]:
     """The gradient at the norm's input from ``g``, the gradient at its normalised value
     ``xh`` (before the weight): ``centre(g - xh mean(xh g)) / s``."""
-    x = x.astype(jnp.float32)
-    if cfg.normalization_type == "LN":
-        x = x - x.mean(-1, keepdims=True)
-    s = jnp.sqrt((x * x).mean(-1, keepdims=True) + cfg.eps)
-    xh = x / s
+    xh, s = normalised(cfg, x)
     g = g.astype(jnp.float32)
     # centring commutes with the rest since mean(xh) = 0 for LayerNorm: one pass for the
     # two means, one for the result (fewer passes over [n, B, P, d] than the textbook order)

@@ -52,8 +52,8 @@ def test_graph_forward_is_the_model(preset):                         # gradient 
     assert float(jnp.abs(slow).max()) > 0.1
 
 
-@pytest.mark.parametrize("preset", ["gpt2", "neox", "llama"])  # LN; LN + parallel; RMS + GQA + gated
-def test_folded_scores_equal_the_direct_contraction(preset):
+@pytest.mark.parametrize("preset", ["gpt2", "neox", "llama", "no norm"])  # LN; LN + parallel; RMS + GQA +
+def test_folded_scores_equal_the_direct_contraction(preset):                   # gated; the MLP through W_in^T
     """EAP and EAP-IG-inputs (stacked copies) fold the norm's Jacobian into their one
     contraction: equal to contracting the node-input gradients (checked against autodiff
     through the graph forward above) with the sources' output differences."""
